@@ -1,0 +1,70 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, ProjectId, UserId, WorkspaceId};
+use crate::values::FilePath;
+
+/// The interpreters the executor offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    Python,
+    Javascript,
+    Bash,
+}
+
+/// Where the code to run comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobSource {
+    Inline(String),
+    /// A file as it is at submission time; its content is copied into the
+    /// job's event so the run is reproducible whatever happens to the file.
+    Workspace {
+        workspace_id: WorkspaceId,
+        path: FilePath,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobCommand {
+    Submit {
+        job_id: JobId,
+        project_id: ProjectId,
+        actor: UserId,
+        language: Language,
+        source: JobSource,
+        stdin: String,
+        timeout_ms: u64,
+        max_attempts: u32,
+    },
+    StartAttempt {
+        attempt: u32,
+        worker: String,
+    },
+    Complete {
+        attempt: u32,
+        exit_code: i32,
+        stdout: String,
+        stderr: String,
+        duration_ms: u64,
+        truncated: bool,
+    },
+    /// The attempt died for a reason that is not the user's code (lost
+    /// worker, sandbox crash, infrastructure error).
+    FailAttempt {
+        attempt: u32,
+        reason: String,
+    },
+    ScheduleRetry {
+        retry_at: DateTime<Utc>,
+    },
+    MarkDead {
+        reason: String,
+    },
+    Cancel {
+        actor: UserId,
+    },
+    Retry {
+        actor: UserId,
+    },
+}
