@@ -1,1 +1,33 @@
-//! placeholder
+//! The write side: everything between a decided command and the log of
+//! record, plus the services commands need.
+//!
+//! # Layout
+//! - [`db`]: connecting, creating the database, running migrations.
+//! - [`bus`]: [`CommandBus`] loads an aggregate from the Postgres event
+//!   store (postgres-es), runs the command, appends the events with
+//!   per-aggregate optimistic concurrency and stamps their metadata.
+//! - [`sequencer`]: gives every committed event its log position.
+//! - [`positions`]: wakes the sequencer after appends and lets a command
+//!   wait (bounded) for its events' positions.
+//! - [`directory`]: the `ProjectDirectory` that file and job aggregates ask,
+//!   answered from the project aggregate at command time.
+//! - [`accounts`], [`passwords`], [`sessions`]: registration with race-free
+//!   email uniqueness, Argon2id off the async runtime, refresh-token families.
+//! - [`idempotency`]: stored answers for `Idempotency-Key` retries.
+//! - [`log`]: reading the sequenced log (for tests, tools and, later, the relay).
+
+pub mod accounts;
+pub mod bus;
+pub mod db;
+pub mod directory;
+pub mod idempotency;
+pub mod log;
+pub mod passwords;
+pub mod positions;
+pub mod sequencer;
+pub mod sessions;
+
+mod write_side;
+
+pub use bus::{CommandBus, CommandContext, CommandError, Committed};
+pub use write_side::{WriteSide, WriteSideConfig};

@@ -1,0 +1,288 @@
+//! [`CommandBus`]: load → decide → append, for every aggregate.
+//!
+//! cqrs-es's `CqrsFramework` hides what it committed; the bus drives the
+//! same pieces (`EventStore::load_aggregate`, `Aggregate::handle`,
+//! `EventStore::commit`) itself so it can check an expected version
+//! (`If-Match`), stamp metadata from the aggregate's state, retry lost
+//! optimistic-concurrency races, and report the new version and position.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+use tandem_domain::file::File;
+use tandem_domain::job::Job;
+use tandem_domain::project::Project;
+use tandem_domain::services::Directory;
+use tandem_domain::session::Session;
+use tandem_domain::user::User;
+use tandem_domain::{ProjectScoped, UserId};
+
+use crate::positions::{AppendNotifier, PositionWaiter};
+
+type PgStore<A> = PersistedEventStore<PostgresEventRepository, A>;
+
+/// Lost optimistic-concurrency races are re-decided on fresh state this many
+/// times before the caller hears `Conflict`.
+const CONFLICT_RETRIES: usize = 8;
+
+/// Who asked, and why: stamped on every event as metadata.
+#[derive(Clone, Debug)]
+pub struct CommandContext {
+    /// `None` for commands the system issues itself (job reports).
+    pub actor: Option<UserId>,
+    pub request_id: String,
+    /// Shared by everything one user action sets off.
+    pub correlation_id: String,
+    /// The request or event that directly caused this command.
+    pub causation_id: String,
+}
+
+impl CommandContext {
+    /// A command from an HTTP request; without a client-supplied correlation
+    /// id the request starts a new correlation.
+    pub fn for_request(
+        actor: Option<UserId>,
+        request_id: impl Into<String>,
+        correlation_id: Option<String>,
+    ) -> Self {
+        let request_id = request_id.into();
+        Self {
+            actor,
+            correlation_id: correlation_id.unwrap_or_else(|| request_id.clone()),
+            causation_id: request_id.clone(),
+            request_id,
+        }
+    }
+
+    /// The same request issuing a follow-up command on behalf of `actor`.
+    pub fn with_actor(&self, actor: UserId) -> Self {
+        Self {
+            actor: Some(actor),
+            ..self.clone()
+        }
+    }
+}
+
+/// What an accepted command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub aggregate_id: String,
+    /// The aggregate's version after the command (its last sequence).
+    pub version: u64,
+    /// Events this command appended; 0 when it changed nothing.
+    pub appended: usize,
+    /// Log position of the aggregate's last event, once sequenced; `None`
+    /// if the sequencer did not get to it within the wait bound.
+    pub position: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: StdError> {
+    /// The aggregate refused: a domain rule.
+    #[error(transparent)]
+    Rejected(E),
+    /// `If-Match` named another version than the aggregate's.
+    #[error("expected version {expected}, but the aggregate is at {current}")]
+    PreconditionFailed { expected: u64, current: u64 },
+    /// Other writers kept winning the race for this aggregate.
+    #[error("the aggregate kept changing concurrently")]
+    Conflict,
+    /// Postgres could not be reached.
+    #[error("event store unavailable")]
+    Unavailable(#[source] Box<dyn StdError + Send + Sync>),
+    /// Anything else: a bug or corrupt data. Logged in full, shown opaque.
+    #[error("event store failure")]
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl<E: StdError> CommandError<E> {
+    fn from_store(err: AggregateError<E>) -> Self {
+        match err {
+            AggregateError::UserError(e) => Self::Rejected(e),
+            AggregateError::AggregateConflict => Self::Conflict,
+            AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e),
+            AggregateError::DeserializationError(e) | AggregateError::UnexpectedError(e) => {
+                Self::Internal(e)
+            }
+        }
+    }
+}
+
+/// An aggregate the bus can run: where its events live and what services
+/// it gets.
+pub trait Handled: Aggregate + ProjectScoped {
+    fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services);
+}
+
+macro_rules! handled {
+    ($aggregate:ty, $store:ident, $services:ident) => {
+        impl Handled for $aggregate {
+            fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services) {
+                (&bus.inner.$store, &bus.inner.$services)
+            }
+        }
+    };
+}
+
+handled!(User, users, unit);
+handled!(Session, sessions, unit);
+handled!(Project, projects, unit);
+handled!(File, files, directory);
+handled!(Job, jobs, directory);
+
+struct Inner {
+    users: PgStore<User>,
+    sessions: PgStore<Session>,
+    projects: PgStore<Project>,
+    files: PgStore<File>,
+    jobs: PgStore<Job>,
+    unit: (),
+    directory: Directory,
+    notifier: AppendNotifier,
+    positions: PositionWaiter,
+}
+
+/// Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct CommandBus {
+    inner: Arc<Inner>,
+}
+
+fn store<A: Aggregate>(pool: &PgPool) -> PgStore<A> {
+    PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+}
+
+impl CommandBus {
+    pub fn new(
+        pool: &PgPool,
+        directory: Directory,
+        notifier: AppendNotifier,
+        positions: PositionWaiter,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                users: store(pool),
+                sessions: store(pool),
+                projects: store(pool),
+                files: store(pool),
+                jobs: store(pool),
+                unit: (),
+                directory,
+                notifier,
+                positions,
+            }),
+        }
+    }
+
+    /// Loads `A` from its events alone (no snapshot), as commands see it.
+    pub async fn load<A: Handled>(&self, id: &str) -> Result<(A, u64), CommandError<A::Error>> {
+        let (store, _) = A::parts(self);
+        let ctx = store
+            .load_aggregate(id)
+            .await
+            .map_err(CommandError::from_store)?;
+        let version = ctx.current_sequence as u64;
+        Ok((ctx.aggregate, version))
+    }
+
+    /// Runs `command` against aggregate `id`. With `expected_version`
+    /// (from `If-Match`) the command only runs on exactly that version and
+    /// a lost race is `PreconditionFailed`; without it a lost race is
+    /// re-decided on the winner's state.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Handled,
+        A::Command: Clone,
+    {
+        let (store, services) = A::parts(self);
+        let mut attempt = 0;
+        let (version, appended) = loop {
+            let mut context = store
+                .load_aggregate(id)
+                .await
+                .map_err(CommandError::from_store)?;
+            let current = context.current_sequence as u64;
+            if let Some(expected) = expected_version {
+                if expected != current {
+                    return Err(CommandError::PreconditionFailed { expected, current });
+                }
+            }
+            let sink = EventSink::default();
+            context
+                .aggregate()
+                .handle(command.clone(), services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                break (current, 0);
+            }
+            let metadata = metadata(ctx, context.aggregate().project_id());
+            match store.commit(events, context, metadata).await {
+                Ok(committed) => {
+                    let last = committed.last().map_or(current, |e| e.sequence as u64);
+                    break (last, committed.len());
+                }
+                Err(AggregateError::AggregateConflict) => {
+                    if let Some(expected) = expected_version {
+                        let current = self.load::<A>(id).await?.1;
+                        return Err(CommandError::PreconditionFailed { expected, current });
+                    }
+                    attempt += 1;
+                    if attempt > CONFLICT_RETRIES {
+                        return Err(CommandError::Conflict);
+                    }
+                    tracing::debug!(aggregate_id = id, attempt, "lost a write race; retrying");
+                }
+                Err(e) => return Err(CommandError::from_store(e)),
+            }
+        };
+        if appended > 0 {
+            self.inner.notifier.poke();
+        }
+        let position = if version == 0 {
+            None
+        } else {
+            self.inner
+                .positions
+                .wait_for(A::TYPE, id, version)
+                .await
+                .map_err(|e| CommandError::Unavailable(Box::new(e)))?
+        };
+        Ok(Committed {
+            aggregate_id: id.to_owned(),
+            version,
+            appended,
+            position,
+        })
+    }
+}
+
+fn metadata(
+    ctx: &CommandContext,
+    project: Option<tandem_domain::ProjectId>,
+) -> HashMap<String, String> {
+    let mut m = HashMap::with_capacity(5);
+    if let Some(actor) = ctx.actor {
+        m.insert("actor_id".to_owned(), actor.to_string());
+    }
+    if let Some(project) = project {
+        m.insert("project_id".to_owned(), project.to_string());
+    }
+    m.insert("request_id".to_owned(), ctx.request_id.clone());
+    m.insert("correlation_id".to_owned(), ctx.correlation_id.clone());
+    m.insert("causation_id".to_owned(), ctx.causation_id.clone());
+    m
+}

@@ -1,0 +1,120 @@
+//! [`EventStoreDirectory`]: the write side's answer to "may this user touch
+//! this workspace / project?", read from the project aggregate's events at
+//! command time. Also keeps the workspace → project pointer that lets a
+//! `/workspaces/{id}` URL find the project aggregate to ask.
+
+use async_trait::async_trait;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::EventStore;
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+use tandem_domain::file::File;
+use tandem_domain::project::Project;
+use tandem_domain::services::{
+    FileSnapshot, LookupError, ProjectAccess, ProjectDirectory, WorkspaceAccess,
+};
+use tandem_domain::{FileId, ProjectId, UserId, WorkspaceId};
+
+pub struct EventStoreDirectory {
+    pool: PgPool,
+    projects: PersistedEventStore<PostgresEventRepository, Project>,
+    files: PersistedEventStore<PostgresEventRepository, File>,
+}
+
+fn lookup(e: impl std::fmt::Display) -> LookupError {
+    LookupError(e.to_string())
+}
+
+impl EventStoreDirectory {
+    pub fn new(pool: PgPool) -> Self {
+        let repo = || PostgresEventRepository::new(pool.clone());
+        Self {
+            projects: PersistedEventStore::new_event_store(repo()),
+            files: PersistedEventStore::new_event_store(repo()),
+            pool,
+        }
+    }
+
+    /// Records which project a new workspace id will belong to. Written
+    /// before `CreateWorkspace` runs; if that command then fails, the
+    /// pointer leads to a project that doesn't know the workspace, which
+    /// reads as "not found", so nothing needs undoing.
+    pub async fn point_workspace(
+        &self,
+        workspace: WorkspaceId,
+        project: ProjectId,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO workspace_directory (workspace_id, project_id) VALUES ($1, $2)")
+            .bind(workspace.0)
+            .bind(project.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The project aggregate to ask about `workspace`, if any was recorded.
+    pub async fn project_of_workspace(
+        &self,
+        workspace: WorkspaceId,
+    ) -> Result<Option<ProjectId>, sqlx::Error> {
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT project_id FROM workspace_directory WHERE workspace_id = $1",
+        )
+        .bind(workspace.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id.map(ProjectId))
+    }
+
+    async fn project(&self, id: ProjectId) -> Result<Project, LookupError> {
+        let ctx = self
+            .projects
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(lookup)?;
+        Ok(ctx.aggregate)
+    }
+}
+
+#[async_trait]
+impl ProjectDirectory for EventStoreDirectory {
+    async fn project_access(
+        &self,
+        project: ProjectId,
+        user: UserId,
+    ) -> Result<Option<ProjectAccess>, LookupError> {
+        Ok(self.project(project).await?.access_for(user))
+    }
+
+    async fn workspace_access(
+        &self,
+        workspace: WorkspaceId,
+        user: UserId,
+    ) -> Result<Option<WorkspaceAccess>, LookupError> {
+        let Some(project_id) = self.project_of_workspace(workspace).await.map_err(lookup)? else {
+            return Ok(None);
+        };
+        let project = self.project(project_id).await?;
+        if !project.has_workspace(workspace) {
+            return Ok(None);
+        }
+        Ok(project.access_for(user).map(|access| WorkspaceAccess {
+            live: project.has_live_workspace(workspace),
+            project: access,
+        }))
+    }
+
+    async fn file_snapshot(
+        &self,
+        workspace: WorkspaceId,
+        path: &str,
+    ) -> Result<Option<FileSnapshot>, LookupError> {
+        let id = FileId::for_path(workspace, path);
+        let ctx = self
+            .files
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(lookup)?;
+        Ok(ctx.aggregate.snapshot())
+    }
+}

@@ -1,0 +1,149 @@
+//! The sequencer: gives every committed event its log position.
+//!
+//! Appends enqueue their event in `unsequenced_events` (a trigger, inside
+//! the appending transaction), so a queue row becomes visible exactly when
+//! its event commits. One step (`tandem_sequence_batch`, one round trip)
+//! takes the visible queue rows in insertion order, numbers them after the
+//! last position, writes them to `event_log` and commits. Hence:
+//!
+//! * positions are gapless and monotonic: one leader numbers them, under a
+//!   row lock on `sequencer_state`, and commits them in order;
+//! * an event whose transaction commits late is sequenced when it commits
+//!   (it was invisible before, and nothing skips past it);
+//! * writers never wait for each other or for the sequencer;
+//! * per-aggregate order holds: an aggregate's next event is inserted only
+//!   after its previous one committed, so it is visible no earlier and
+//!   sorts after it.
+//!
+//! Only the holder of a session advisory lock sequences (the others stand
+//! by); the row lock makes even a split-brain leader harmless. It wakes on
+//! `NOTIFY tandem_appended` and polls as a fallback.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::positions::APPENDED_CHANNEL;
+
+/// Advisory-lock key of the sequencer leader ("tandem" + 1).
+pub const LEADER_LOCK_KEY: i64 = 0x7461_6e64_656d_0001;
+
+#[derive(Clone, Debug)]
+pub struct SequencerConfig {
+    /// Events per step; a full batch is followed immediately by the next.
+    pub batch_size: i32,
+    /// Fallback wake-up when no notification arrives.
+    pub poll_interval: Duration,
+    /// How often a standby tries to become leader.
+    pub standby_interval: Duration,
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 5000,
+            poll_interval: Duration::from_millis(250),
+            standby_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Sequencer {
+    pool: PgPool,
+    config: SequencerConfig,
+}
+
+/// The result of one step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub assigned: i64,
+    pub last_position: i64,
+}
+
+impl Sequencer {
+    pub fn new(pool: PgPool, config: SequencerConfig) -> Self {
+        Self { pool, config }
+    }
+
+    /// Sequences until `shutdown` resolves; survives database restarts by
+    /// reconnecting and re-contending for leadership.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let work = async {
+            loop {
+                let Err(e) = self.lead().await;
+                tracing::warn!(error = %e, "sequencer lost its connection; retrying");
+                tokio::time::sleep(self.config.standby_interval).await;
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = shutdown => tracing::info!("sequencer stopped"),
+        }
+    }
+
+    /// One sequencing step on `conn`; exposed for tools and tests.
+    pub async fn step(conn: &mut PgConnection, batch_size: i32) -> Result<Step, sqlx::Error> {
+        let (assigned, last_position): (i64, i64) =
+            sqlx::query_as("SELECT assigned, last_position FROM tandem_sequence_batch($1)")
+                .bind(batch_size)
+                .fetch_one(conn)
+                .await?;
+        Ok(Step {
+            assigned,
+            last_position,
+        })
+    }
+
+    async fn lead(&self) -> Result<Infallible, sqlx::Error> {
+        // A connection of our own: the advisory lock lives as long as it,
+        // and the steps run on it, so losing it stops us from sequencing.
+        let options = self.pool.connect_options();
+        let mut conn = PgConnection::connect_with(&options).await?;
+        loop {
+            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            if leader {
+                break;
+            }
+            tokio::time::sleep(self.config.standby_interval).await;
+        }
+        tracing::info!("sequencer is leading");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(APPENDED_CHANNEL).await?;
+        loop {
+            let step = Self::step(&mut conn, self.config.batch_size).await?;
+            if step.assigned > 0 {
+                tracing::trace!(?step, "sequenced");
+                metrics::counter!("tandem_sequenced_events_total").increment(step.assigned as u64);
+                metrics::gauge!("tandem_log_head_position").set(step.last_position as f64);
+            }
+            if step.assigned >= i64::from(self.config.batch_size) {
+                continue;
+            }
+            tokio::select! {
+                n = listener.recv() => {
+                    n?;
+                    while listener.next_buffered().is_some() {}
+                }
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// Whether an advisory-locked leader currently exists (for `/readyz`).
+pub async fn leader_present(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let key = LEADER_LOCK_KEY;
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND ((classid::bigint << 32) | objid::bigint) = $1)",
+    )
+    .bind(key)
+    .fetch_one(pool)
+    .await
+}
