@@ -1,1 +1,100 @@
-fn main() {}
+//! `tandem`: one binary, every role. `tandem up` runs everything in one
+//! process; each role also runs alone so it can scale on its own.
+
+use clap::{Parser, Subcommand};
+use tandem::settings::{Common, Http, Sequencing};
+use tandem::stack::{self, Endpoints, Stack, StackOptions};
+use tandem_commands::db::PoolConfig;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "Event-sourced backend for real-time collaborative workspaces")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate, then run every role in this process.
+    Up {
+        #[command(flatten)]
+        http: Http,
+        #[command(flatten)]
+        sequencing: Sequencing,
+    },
+    /// Run the HTTP gateway only.
+    Gateway {
+        #[command(flatten)]
+        http: Http,
+    },
+    /// Run the sequencer only (one leads; extra instances stand by).
+    Sequencer {
+        #[command(flatten)]
+        sequencing: Sequencing,
+    },
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Benchmarks (not tests): see `tandem bench --help`.
+    Bench {
+        #[command(subcommand)]
+        which: tandem::bench::Which,
+    },
+}
+
+fn endpoints(common: &Common) -> Endpoints {
+    Endpoints {
+        database_url: common.database_url.clone(),
+        redis_url: common.redis_url.clone(),
+        nats_url: common.nats_url.clone(),
+        pool: PoolConfig {
+            max_connections: common.db_max_connections,
+            ..PoolConfig::default()
+        },
+    }
+}
+
+async fn run_gateway(
+    common: &Common,
+    http: &Http,
+    sequencer: Option<&Sequencing>,
+) -> anyhow::Result<()> {
+    let connections = stack::connect(&endpoints(common)).await?;
+    let listener = TcpListener::bind(http.http_addr).await?;
+    let options = StackOptions {
+        gateway: http.gateway_config(common)?,
+        write: http.write_config(),
+        sequencer: sequencer.map(Sequencing::config),
+    };
+    let running = Stack::start(connections, listener, options).await?;
+    stack::termination().await;
+    running.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tandem_gateway::telemetry::init_logs(&cli.common.log_format);
+    let common = &cli.common;
+    match &cli.command {
+        Command::Up { http, sequencing } => {
+            stack::migrate(&common.database_url).await?;
+            run_gateway(common, http, Some(sequencing)).await
+        }
+        Command::Gateway { http } => run_gateway(common, http, None).await,
+        Command::Sequencer { sequencing } => {
+            let pool = stack::connect_postgres(&endpoints(common)).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let task = stack::spawn_sequencer(pool, sequencing.config(), shutdown.clone());
+            stack::termination().await;
+            shutdown.cancel();
+            task.await?;
+            Ok(())
+        }
+        Command::Migrate => stack::migrate(&common.database_url).await,
+        Command::Bench { which } => tandem::bench::run(common, which).await,
+    }
+}

@@ -1,0 +1,94 @@
+//! Rate-limit middleware. Counters live in Redis, so limits hold across
+//! every gateway instance. Auth endpoints count per client address; other
+//! API endpoints count per user (per address when anonymous). Every answer
+//! carries `RateLimit-Limit/Remaining/Reset`; over the limit is a 429
+//! problem with `Retry-After`. If Redis is down the request goes through
+//! unlimited (logged): limits protect the service, they must not stop it.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::caller::{bearer, Verified};
+use crate::redis_keys::Verdict;
+use crate::state::AppState;
+
+/// The client's address: the socket peer, or the first `X-Forwarded-For`
+/// hop when configured to trust a proxy in front.
+pub fn client_addr(state: &AppState, headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+    if state.config.trust_forwarded_for {
+        let forwarded = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        if let Some(addr) = forwarded {
+            return addr.to_owned();
+        }
+    }
+    peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string())
+}
+
+fn peer(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+async fn enforce(
+    state: &AppState,
+    policy: &str,
+    subject: &str,
+    limit: u32,
+    req: Request,
+    next: Next,
+) -> Response {
+    let verdict = match state.redis.hit(policy, subject, limit).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; not limiting");
+            None
+        }
+    };
+    if let Some(v) = verdict.filter(|v| !v.allowed) {
+        metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned())
+            .increment(1);
+        return v.rejection().into_response();
+    }
+    let mut response = next.run(req).await;
+    if let Some(v) = verdict {
+        write_if_absent(&v, response.headers_mut());
+    }
+    response
+}
+
+/// A handler may have answered with a tighter limit's headers (login per
+/// account); those win.
+fn write_if_absent(v: &Verdict, headers: &mut HeaderMap) {
+    if !headers.contains_key("ratelimit-limit") {
+        v.write_headers(headers);
+    }
+}
+
+pub async fn per_address(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let addr = client_addr(&state, req.headers(), peer(&req));
+    let limit = state.config.rate_limits.auth_per_ip;
+    enforce(&state, "auth", &addr, limit, req, next).await
+}
+
+pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let verified = bearer(req.headers()).and_then(|t| state.jwt.verify(t));
+    let subject = match &verified {
+        Some(token) => format!("user:{}", token.user),
+        None => format!("addr:{}", client_addr(&state, req.headers(), peer(&req))),
+    };
+    if let Some(token) = verified {
+        req.extensions_mut().insert(Verified(token));
+    }
+    let limit = state.config.rate_limits.api_per_user;
+    enforce(&state, "api", &subject, limit, req, next).await
+}

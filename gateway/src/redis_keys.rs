@@ -1,0 +1,135 @@
+//! What the gateway keeps in Redis, under the deployment's namespace so
+//! several deployments (and tests) share one server without colliding:
+//! rate-limit windows, and the denylist of revoked access tokens and
+//! sessions (until the tokens would have expired anyway).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisError, Script};
+
+use crate::error::ApiError;
+
+const WINDOW_MS: u64 = 60_000;
+
+/// Fixed one-minute windows: INCR, set the expiry on the first hit, and
+/// return the count and time left, atomically.
+const HIT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+return {n, ttl}
+";
+
+/// The outcome of counting one request against a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset: u64,
+    pub allowed: bool,
+}
+
+impl Verdict {
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let num = |n: u64| HeaderValue::from_str(&n.to_string()).expect("digits");
+        headers.insert("ratelimit-limit", num(self.limit.into()));
+        headers.insert("ratelimit-remaining", num(self.remaining.into()));
+        headers.insert("ratelimit-reset", num(self.reset));
+    }
+
+    pub fn rejection(&self) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {} s", self.reset),
+        )
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_str(&self.reset.to_string()).expect("digits"),
+        );
+        let mut headers = HeaderMap::new();
+        self.write_headers(&mut headers);
+        for (name, value) in headers {
+            if let Some(name) = name {
+                e = e.with_header(name, value);
+            }
+        }
+        e
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisState {
+    redis: ConnectionManager,
+    prefix: String,
+    hit: Script,
+}
+
+impl RedisState {
+    pub fn new(redis: ConnectionManager, namespace: &str) -> Self {
+        Self {
+            redis,
+            prefix: namespace.to_owned(),
+            hit: Script::new(HIT),
+        }
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Counts a request of `subject` against `policy`'s per-minute `limit`.
+    pub async fn hit(&self, policy: &str, subject: &str, limit: u32) -> Result<Verdict, RedisError> {
+        let key = format!("{}:rl:{policy}:{subject}", self.prefix);
+        let (count, ttl_ms): (u64, i64) = self
+            .hit
+            .key(key)
+            .arg(WINDOW_MS)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let reset = (ttl_ms.max(0) as u64).div_ceil(1000).max(1);
+        Ok(Verdict {
+            limit,
+            remaining: (u64::from(limit).saturating_sub(count)) as u32,
+            reset,
+            allowed: count <= u64::from(limit),
+        })
+    }
+
+    fn deny_key(&self, kind: &str, id: &str) -> String {
+        format!("{}:deny:{kind}:{id}", self.prefix)
+    }
+
+    /// Refuses the access token `jti` for `ttl_secs` (its remaining life).
+    pub async fn deny_token(&self, jti: &str, ttl_secs: u64) -> Result<(), RedisError> {
+        let key = self.deny_key("jti", jti);
+        self.redis
+            .clone()
+            .set_ex::<_, _, ()>(key, 1, ttl_secs.max(1))
+            .await
+    }
+
+    /// Refuses every access token of session `sid` for `ttl_secs` (the
+    /// longest an access token lives).
+    pub async fn deny_session(&self, sid: &str, ttl_secs: u64) -> Result<(), RedisError> {
+        let key = self.deny_key("sid", sid);
+        self.redis
+            .clone()
+            .set_ex::<_, _, ()>(key, 1, ttl_secs.max(1))
+            .await
+    }
+
+    pub async fn is_denied(&self, jti: &str, sid: &str) -> Result<bool, RedisError> {
+        let keys = [self.deny_key("jti", jti), self.deny_key("sid", sid)];
+        let n: u32 = self.redis.clone().exists(&keys).await?;
+        Ok(n > 0)
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,176 @@
+//! Running Tandem: connections to the backing services, and a [`Stack`]
+//! of roles (sequencer, gateway) in one process that stops cleanly.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tandem_commands::db::{self, PoolConfig};
+use tandem_commands::sequencer::{Sequencer, SequencerConfig};
+use tandem_commands::{WriteSide, WriteSideConfig};
+use tandem_gateway::auth::jwt::JwtKeys;
+use tandem_gateway::redis_keys::RedisState;
+use tandem_gateway::{AppState, GatewayConfig, Shared};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Where the backing services are.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub database_url: String,
+    pub redis_url: String,
+    pub nats_url: String,
+    pub pool: PoolConfig,
+}
+
+pub struct Connections {
+    pub pool: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub nats: async_nats::Client,
+}
+
+/// Creates the database if needed and runs the migrations.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    db::ensure_database(database_url)
+        .await
+        .context("creating the database")?;
+    let pool = db::connect(database_url, &PoolConfig::default())
+        .await
+        .context("connecting to Postgres")?;
+    db::migrate(&pool).await.context("running migrations")?;
+    pool.close().await;
+    Ok(())
+}
+
+pub async fn connect_postgres(endpoints: &Endpoints) -> anyhow::Result<PgPool> {
+    db::connect(&endpoints.database_url, &endpoints.pool)
+        .await
+        .with_context(|| "connecting to Postgres (is DATABASE_URL right, and did `tandem migrate` run?)")
+}
+
+pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Connections> {
+    let pool = connect_postgres(endpoints).await?;
+    let redis = redis::Client::open(endpoints.redis_url.as_str())
+        .context("parsing REDIS_URL")?
+        .get_connection_manager()
+        .await
+        .context("connecting to Redis")?;
+    // NATS may come up after us: keep retrying in the background, and let
+    // /readyz say so meanwhile.
+    let nats = async_nats::ConnectOptions::new()
+        .name("tandem")
+        .retry_on_initial_connect()
+        .connect(endpoints.nats_url.as_str())
+        .await
+        .context("connecting to NATS")?;
+    Ok(Connections { pool, redis, nats })
+}
+
+/// What a stack runs.
+pub struct StackOptions {
+    pub gateway: GatewayConfig,
+    pub write: WriteSideConfig,
+    /// `None`: this process does not sequence (another one does).
+    pub sequencer: Option<SequencerConfig>,
+}
+
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Stack {
+    /// Starts the roles on `listener` and returns once it accepts requests.
+    pub async fn start(
+        connections: Connections,
+        listener: TcpListener,
+        options: StackOptions,
+    ) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let pool = connections.pool.clone();
+        if let Some(config) = options.sequencer {
+            tasks.push(spawn_sequencer(pool.clone(), config, shutdown.clone()));
+        }
+        let write = WriteSide::start(pool.clone(), &options.write)
+            .await
+            .context("starting the write side")?;
+        let redis = RedisState::new(connections.redis, &options.gateway.namespace);
+        let state = AppState::new(Shared {
+            write,
+            redis,
+            nats: connections.nats,
+            jwt: JwtKeys::new(&options.gateway.jwt),
+            config: options.gateway,
+            metrics: tandem_gateway::telemetry::prometheus(),
+        });
+        let addr = listener.local_addr()?;
+        let router = tandem_gateway::router(state);
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served =
+                tandem_gateway::serve(listener, router, async move { stop.cancelled().await })
+                    .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gateway stopped with an error");
+            }
+        }));
+        tracing::info!(%addr, "gateway listening");
+        Ok(Self {
+            addr,
+            pool,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every role and waits for them (in-flight requests drain).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+pub fn spawn_sequencer(
+    pool: PgPool,
+    config: SequencerConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        Sequencer::new(pool, config)
+            .run(async move { shutdown.cancelled().await })
+            .await;
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
