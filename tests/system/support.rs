@@ -1,0 +1,413 @@
+//! The harness: every test gets a fresh database (cloned from a migrated
+//! template), its own NATS/Redis namespace, and a whole stack on port 0,
+//! talking to the real Postgres, NATS and Redis named by `DATABASE_URL`,
+//! `NATS_URL` and `REDIS_URL`.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tandem::stack::{self, Connections, Endpoints, Stack, StackOptions};
+use tandem_commands::db::{PoolConfig, MIGRATOR};
+use tandem_commands::sequencer::SequencerConfig;
+use tandem_commands::WriteSideConfig;
+use tandem_gateway::{GatewayConfig, Secret};
+use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const JWT_SECRET: &[u8] = b"test-secret-test-secret-test-secret!!";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tandem".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn server_options() -> PgConnectOptions {
+    PgConnectOptions::from_str(&database_url())
+        .expect("DATABASE_URL parses")
+        .database("postgres")
+        .disable_statement_logging()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The template's name carries a digest of the migrations, so a changed
+/// migration gets a fresh template.
+fn template_name() -> String {
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for m in MIGRATOR.iter() {
+        for b in m.checksum.iter() {
+            digest = (digest ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    format!("tandem_tpl_{digest:016x}")
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// Creates the migrated template once per test run (guarded by an
+/// advisory lock against other test processes) and drops test databases
+/// left behind by runs more than two hours old.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = template_name();
+            let mut admin = PgConnection::connect_with(&server_options())
+                .await
+                .expect("connect to the Postgres server of DATABASE_URL");
+            sqlx::query("SELECT pg_advisory_lock(7261756)")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            if !exists {
+                let building = format!("{name}_building");
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {building}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                let mut conn = PgConnection::connect_with(&server_options().database(&building))
+                    .await
+                    .unwrap();
+                MIGRATOR.run(&mut conn).await.expect("migrations apply");
+                conn.close().await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            }
+            let stale: Vec<String> = sqlx::query_scalar(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'tandem\\_t\\_%'",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            let cutoff = now_secs().saturating_sub(2 * 3600);
+            for db in stale {
+                let born: u64 = db
+                    .split('_')
+                    .nth(2)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(u64::MAX);
+                if born < cutoff {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            }
+            sqlx::query("SELECT pg_advisory_unlock(7261756)")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            name
+        })
+        .await
+}
+
+/// A fresh, migrated database; returns its URL.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("tandem_t_{}_{}", now_secs(), Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect_with(&server_options()).await.unwrap();
+    // Cloning needs the template to have no connections; retry briefly if
+    // another test is cloning it right now.
+    let mut attempts = 0;
+    loop {
+        let created = sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("could not create a test database: {e}"),
+        }
+    }
+    admin.close().await.unwrap();
+    let options = PgConnectOptions::from_str(&database_url())
+        .unwrap()
+        .database(&name);
+    options.to_url_lossy().to_string()
+}
+
+pub async fn pool(url: &str, max: u32) -> PgPool {
+    tandem_commands::db::connect(
+        url,
+        &PoolConfig {
+            max_connections: max,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )
+    .await
+    .expect("connect to the test database")
+}
+
+/// A gateway configuration for tests: limits high enough not to get in the
+/// way, except where a test lowers them.
+pub fn gateway_config(namespace: &str) -> GatewayConfig {
+    let mut config = GatewayConfig::with_secret(Secret::new(JWT_SECRET.to_vec()));
+    config.namespace = namespace.to_owned();
+    config.rate_limits.auth_per_ip = 100_000;
+    config.rate_limits.login_per_account = 100_000;
+    config.rate_limits.api_per_user = 100_000;
+    config
+}
+
+pub struct Options {
+    pub gateway: GatewayConfig,
+    pub write: WriteSideConfig,
+    pub sequencer: bool,
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub db_url: String,
+    pub namespace: String,
+    stack: Option<Stack>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stack) = &self.stack {
+            stack.shutdown_token().cancel();
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
+    let namespace = format!("t{}", Uuid::new_v4().simple());
+    let mut options = Options {
+        gateway: gateway_config(&namespace),
+        write: WriteSideConfig {
+            // The hashing bound is measured by the benchmark; tests want speed.
+            hash_concurrency: 4,
+            ..WriteSideConfig::default()
+        },
+        sequencer: true,
+    };
+    customize(&mut options);
+    let db_url = fresh_database().await;
+    let endpoints = Endpoints {
+        database_url: db_url.clone(),
+        redis_url: redis_url(),
+        nats_url: nats_url(),
+        pool: PoolConfig {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    };
+    let connections: Connections = stack::connect(&endpoints).await.expect("services reachable");
+    let pool = connections.pool.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sequencer = options.sequencer.then(|| SequencerConfig {
+        poll_interval: Duration::from_millis(50),
+        ..SequencerConfig::default()
+    });
+    let running = Stack::start(
+        connections,
+        listener,
+        StackOptions {
+            gateway: options.gateway,
+            write: options.write,
+            sequencer,
+        },
+    )
+    .await
+    .expect("stack starts");
+    let addr = running.addr;
+    TestApp {
+        addr,
+        base: format!("http://{addr}/api/v1"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        pool,
+        db_url,
+        namespace,
+        stack: Some(running),
+    }
+}
+
+/// A registered, logged-in user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub fn as_user(&self, user: &User, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(&user.access)
+    }
+
+    pub async fn register(&self, email: &str) -> Response {
+        self.request(Method::POST, "/auth/register")
+            .json(&json!({"email": email, "password": PASSWORD, "display_name": "Tester"}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.request(Method::POST, "/auth/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers and logs in a new user with a unique email.
+    pub async fn user(&self) -> User {
+        let email = format!("u{}@example.com", Uuid::new_v4().simple());
+        let registered = self.register(&email).await;
+        assert_eq!(registered.status(), StatusCode::CREATED);
+        let id = body(registered).await["id"].as_str().unwrap().parse().unwrap();
+        let tokens = body(self.login(&email, PASSWORD).await).await;
+        User {
+            id,
+            email,
+            access: tokens["access_token"].as_str().unwrap().to_owned(),
+            refresh: tokens["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn create_project(&self, owner: &User) -> Uuid {
+        let r = self
+            .as_user(owner, Method::POST, "/projects")
+            .json(&json!({"name": "Apollo"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        body(r).await["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn invite(&self, owner: &User, project: Uuid, user: &User, role: &str) {
+        let r = self
+            .as_user(owner, Method::POST, &format!("/projects/{project}/members"))
+            .json(&json!({"user_id": user.id, "role": role}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn create_workspace(&self, user: &User, project: Uuid, name: &str) -> Uuid {
+        let r = self
+            .as_user(user, Method::POST, &format!("/projects/{project}/workspaces"))
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        body(r).await["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Events of one aggregate as stored, in sequence order.
+    pub async fn events_of(&self, aggregate_id: &str) -> Vec<(String, Value)> {
+        sqlx::query_as(
+            "SELECT event_type, metadata FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(aggregate_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn body(r: Response) -> Value {
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns it.
+pub async fn problem(r: Response, status: u16, code: &str) -> Value {
+    let actual = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let b = body(r).await;
+    assert_eq!(actual, status, "unexpected status; body {b}");
+    assert_eq!(content_type, "application/problem+json", "body {b}");
+    assert_eq!(b["code"], code, "body {b}");
+    assert_eq!(b["status"], status);
+    b
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
