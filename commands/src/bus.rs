@@ -28,8 +28,9 @@ use crate::positions::{AppendNotifier, PositionWaiter};
 type PgStore<A> = PersistedEventStore<PostgresEventRepository, A>;
 
 /// Lost optimistic-concurrency races are re-decided on fresh state this many
-/// times before the caller hears `Conflict`.
-const CONFLICT_RETRIES: usize = 8;
+/// times before the caller hears `Conflict`. Each retry waits a random
+/// moment (growing with the attempt) so contenders spread out.
+const CONFLICT_RETRIES: u32 = 30;
 
 /// Who asked, and why: stamped on every event as metadata.
 #[derive(Clone, Debug)]
@@ -245,6 +246,7 @@ impl CommandBus {
                         return Err(CommandError::Conflict);
                     }
                     tracing::debug!(aggregate_id = id, attempt, "lost a write race; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => return Err(CommandError::from_store(e)),
             }
@@ -268,6 +270,11 @@ impl CommandBus {
             position,
         })
     }
+}
+
+fn backoff(attempt: u32) -> std::time::Duration {
+    let ceiling_us = 500u64 << attempt.min(6);
+    std::time::Duration::from_micros(rand::random_range(0..ceiling_us))
 }
 
 fn metadata(

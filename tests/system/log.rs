@@ -1,1 +1,370 @@
-//! (being written)
+//! The log of record and its sequencer: late commits, concurrency, two
+//! sequencers, long transactions elsewhere, no sequencer at all.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+use sqlx::{Connection, PgConnection, PgPool};
+use tandem::stack::spawn_sequencer;
+use tandem_commands::sequencer::{Sequencer, SequencerConfig};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// Appends one event the way postgres-es does (same columns, same table).
+async fn append(
+    conn: &mut PgConnection,
+    aggregate: &str,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Probe', $1, $2, 'Probed', '1', $3, '{}')",
+    )
+    .bind(aggregate)
+    .bind(sequence)
+    .bind(json!({"type": "Probed", "n": sequence}))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn position_of(pool: &PgPool, aggregate: &str, sequence: i64) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
+          WHERE e.aggregate_id = $1 AND e.sequence = $2",
+    )
+    .bind(aggregate)
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Positions are exactly 1..=n, each event appears once, and every
+/// committed event has one.
+async fn assert_gapless(pool: &PgPool) -> i64 {
+    let (count, max, distinct_events): (i64, Option<i64>, i64) =
+        sqlx::query_as("SELECT count(*), max(position), count(DISTINCT global_id) FROM event_log")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(max.unwrap_or(0), count, "positions have a gap");
+    assert_eq!(distinct_events, count, "an event has two positions");
+    assert_eq!(events, count, "a committed event has no position");
+    let head: i64 = sqlx::query_scalar("SELECT last_position FROM sequencer_state")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(head, count);
+    count
+}
+
+async fn wait_until_sequenced(pool: &PgPool, expected: i64) {
+    eventually(Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_log")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (n >= expected).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_commits_late_is_sequenced_when_it_commits_after_later_ones() {
+    let app = spawn_app().await;
+    let mut held = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut held).await.unwrap();
+    append(&mut held, "held", 1).await.unwrap();
+
+    // Later transactions insert after it and commit before it.
+    let mut other = PgConnection::connect(&app.db_url).await.unwrap();
+    for i in 1..=5 {
+        append(&mut other, "later", i).await.unwrap();
+    }
+    wait_until_sequenced(&app.pool, 5).await;
+    assert_eq!(position_of(&app.pool, "held", 1).await, None);
+
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    let late = eventually(Duration::from_secs(10), || async {
+        position_of(&app.pool, "held", 1).await
+    })
+    .await;
+    let latest_later = position_of(&app.pool, "later", 5).await.unwrap();
+    assert!(
+        late > latest_later,
+        "late commit {late} must follow {latest_later}"
+    );
+    assert_eq!(assert_gapless(&app.pool).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_concurrent_appends_from_sixteen_writers_get_positions_one_to_n_once_each_in_aggregate_order(
+) {
+    const WRITERS: usize = 16;
+    const EVENTS: usize = 10_000;
+    let app = spawn_app().await;
+    let writers = (0..WRITERS).map(|w| {
+        let url = app.db_url.clone();
+        tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            // Each writer interleaves three aggregates, sometimes several
+            // events per transaction, like real commands.
+            let aggregates: Vec<String> = (0..3).map(|a| format!("w{w}-a{a}")).collect();
+            let mut next = [1i64; 3];
+            let mut written = 0;
+            let quota = EVENTS / WRITERS;
+            for round in 0.. {
+                if written >= quota {
+                    break;
+                }
+                let a = round % 3;
+                let batch = (1 + round % 2).min(quota - written);
+                let mut tx = conn.begin().await.unwrap();
+                for _ in 0..batch {
+                    append(&mut tx, &aggregates[a], next[a]).await.unwrap();
+                    next[a] += 1;
+                }
+                tx.commit().await.unwrap();
+                written += batch;
+            }
+        })
+    });
+    for w in join_all(writers).await {
+        w.unwrap();
+    }
+    wait_until_sequenced(&app.pool, EVENTS as i64).await;
+    assert_eq!(assert_gapless(&app.pool).await, EVENTS as i64);
+
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT e.aggregate_id, e.sequence, l.position
+           FROM event_log l JOIN events e ON e.global_id = l.global_id ORDER BY l.position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut last_seq: HashMap<String, i64> = HashMap::new();
+    for (aggregate, sequence, position) in rows {
+        let previous = last_seq.insert(aggregate.clone(), sequence).unwrap_or(0);
+        assert_eq!(
+            sequence,
+            previous + 1,
+            "{aggregate} out of order at position {position}"
+        );
+    }
+    assert_eq!(last_seq.len(), WRITERS * 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sequencers_at_once_never_both_assign() {
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let stop = CancellationToken::new();
+    let config = SequencerConfig {
+        poll_interval: Duration::from_millis(10),
+        batch_size: 7,
+        ..SequencerConfig::default()
+    };
+    let first = spawn_sequencer(app.pool.clone(), config.clone(), stop.clone());
+    let second = spawn_sequencer(app.pool.clone(), config, stop.clone());
+    // And a split brain: steps forced from two more connections, as if two
+    // leaders believed they held the lock.
+    let rogue = (0..2).map(|_| {
+        let url = app.db_url.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            while !stop.is_cancelled() {
+                Sequencer::step(&mut conn, 3).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    });
+    let rogue: Vec<_> = rogue.collect();
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    for i in 1..=500 {
+        append(&mut conn, &format!("agg{}", i % 7), i / 7 + 1)
+            .await
+            .unwrap();
+    }
+    wait_until_sequenced(&app.pool, 500).await;
+    let leaders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND ((classid::bigint << 32) | objid::bigint) = $1",
+    )
+    .bind(tandem_commands::sequencer::LEADER_LOCK_KEY)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaders, 1, "exactly one sequencer leads");
+    stop.cancel();
+    first.await.unwrap();
+    second.await.unwrap();
+    for r in rogue {
+        r.await.unwrap();
+    }
+    assert_eq!(assert_gapless(&app.pool).await, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_write_transaction_elsewhere_does_not_stall_sequencing() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    sqlx::query("CREATE TABLE scratch (n int)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut long = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut long).await.unwrap();
+    sqlx::query("INSERT INTO scratch VALUES (1)")
+        .execute(&mut long)
+        .await
+        .unwrap();
+    // It holds a transaction id older than every command below.
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut long)
+        .await
+        .unwrap();
+    assert!(!xid.is_empty());
+
+    for _ in 0..3 {
+        let r = app
+            .as_user(&owner, Method::POST, "/projects")
+            .json(&json!({"name": "while a transaction is open"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert!(r.headers().contains_key("tandem-position"));
+        assert!(body(r).await["position"].is_i64());
+    }
+    sqlx::query("ROLLBACK").execute(&mut long).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sequencer_commands_succeed_with_a_null_position_and_are_sequenced_later() {
+    let app = spawn_app_with(|o| {
+        o.sequencer = false;
+        o.write.position_wait = Duration::from_millis(200);
+    })
+    .await;
+    let owner = app.user().await;
+    let r = app
+        .as_user(&owner, Method::POST, "/projects")
+        .json(&json!({"name": "no sequencer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(!r.headers().contains_key("tandem-position"));
+    let b = body(r).await;
+    assert!(b["position"].is_null(), "{b}");
+    let project = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.events_of(&project).await.len(), 1);
+
+    let stop = CancellationToken::new();
+    let task = spawn_sequencer(app.pool.clone(), SequencerConfig::default(), stop.clone());
+    let position = eventually(Duration::from_secs(10), || async {
+        position_of(&app.pool, &project, 1).await
+    })
+    .await;
+    assert!(position >= 1);
+    stop.cancel();
+    task.await.unwrap();
+    assert_gapless(&app.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_is_woken_by_notify_not_only_by_polling() {
+    // With a fallback poll of an hour, a command can only get its position
+    // within its wait bound if the append notification wakes the sequencer.
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let stop = CancellationToken::new();
+    let config = SequencerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..SequencerConfig::default()
+    };
+    let task = spawn_sequencer(app.pool.clone(), config, stop.clone());
+    // Let it take the lead and run its first (empty) step.
+    eventually(Duration::from_secs(10), || async {
+        tandem_commands::sequencer::leader_present(&app.pool)
+            .await
+            .unwrap()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let owner = app.user().await;
+    for _ in 0..3 {
+        let r = app
+            .as_user(&owner, Method::POST, "/projects")
+            .json(&json!({"name": "notified"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(body(r).await["position"].is_i64());
+    }
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_refuses_updates_deletes_and_truncation() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    app.create_project(&owner).await;
+    let before = app.event_count().await;
+    for sql in [
+        "UPDATE events SET payload = '{}'",
+        "DELETE FROM events",
+        "TRUNCATE events CASCADE",
+        "UPDATE event_log SET position = position + 100",
+        "DELETE FROM event_log",
+    ] {
+        let refused = sqlx::query(sql).execute(&app.pool).await;
+        assert!(refused.is_err(), "{sql} was allowed");
+    }
+    assert_eq!(app.event_count().await, before);
+    assert_gapless(&app.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_history_is_one_index_range_in_log_order() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let a = app.create_project(&owner).await;
+    let b = app.create_project(&owner).await;
+    app.create_workspace(&owner, a, "main").await;
+    app.create_workspace(&owner, b, "main").await;
+    let history = tandem_commands::log::read_project_after(&app.pool, a, 0, 100)
+        .await
+        .unwrap();
+    let types: Vec<&str> = history.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["ProjectCreated", "WorkspaceCreated"]);
+    assert!(history.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(history.iter().all(|e| e.project_id == Some(a)));
+    // A tiny table would be scanned whole; ask what a big one would get.
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT position FROM event_log WHERE project_id = $1 AND position > 0 ORDER BY position",
+    )
+    .bind(Uuid::nil())
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("event_log_project_idx"), "{plan}");
+}

@@ -1,1 +1,249 @@
-//! (being written)
+//! The write side's guarantees under races: per-aggregate optimistic
+//! concurrency, email uniqueness, idempotency claims, and the metadata
+//! stamped on every event.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::json;
+use tandem_commands::idempotency::{Claim, IdempotencyStore};
+use tandem_commands::{CommandContext, CommandError, WriteSide, WriteSideConfig};
+use tandem_domain::project::{Project, ProjectCommand};
+use tandem_domain::values::{Description, ProjectName};
+use tandem_domain::{ProjectId, UserId};
+
+use crate::support::*;
+
+async fn write_side(app: &TestApp) -> WriteSide {
+    let config = WriteSideConfig {
+        position_wait: Duration::from_millis(500),
+        ..WriteSideConfig::default()
+    };
+    WriteSide::start(app.pool.clone(), &config).await.unwrap()
+}
+
+fn ctx(actor: UserId) -> CommandContext {
+    CommandContext::for_request(Some(actor), uuid::Uuid::now_v7().to_string(), None)
+}
+
+async fn new_project(write: &WriteSide, owner: UserId) -> ProjectId {
+    let id = ProjectId::generate();
+    let create = ProjectCommand::Create {
+        project_id: id,
+        owner,
+        name: ProjectName::parse("Race").unwrap(),
+        description: Description::default(),
+    };
+    write
+        .bus
+        .execute::<Project>(&id.to_string(), create, &ctx(owner), None)
+        .await
+        .unwrap();
+    id
+}
+
+fn rename(actor: UserId, n: usize) -> ProjectCommand {
+    ProjectCommand::UpdateDetails {
+        actor,
+        name: Some(ProjectName::parse(&format!("name {n}")).unwrap()),
+        description: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_writers_expecting_one_version_exactly_one_wins() {
+    let app = spawn_app().await;
+    let write = write_side(&app).await;
+    let owner = UserId::generate();
+    let project = new_project(&write, owner).await;
+    let attempts = (0..16).map(|n| {
+        let write = write.clone();
+        async move {
+            write
+                .bus
+                .execute::<Project>(&project.to_string(), rename(owner, n), &ctx(owner), Some(1))
+                .await
+        }
+    });
+    let results = join_all(attempts).await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "exactly one writer wins");
+    for r in &results {
+        match r {
+            Ok(c) => assert_eq!(c.version, 2),
+            Err(CommandError::PreconditionFailed { expected, current }) => {
+                assert_eq!((*expected, *current), (1, 2));
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(app.events_of(&project.to_string()).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_without_a_precondition_are_re_decided_and_none_is_lost() {
+    let app = spawn_app().await;
+    let write = write_side(&app).await;
+    let owner = UserId::generate();
+    let project = new_project(&write, owner).await;
+    let attempts = (0..12).map(|n| {
+        let write = write.clone();
+        async move {
+            write
+                .bus
+                .execute::<Project>(&project.to_string(), rename(owner, n), &ctx(owner), None)
+                .await
+                .unwrap()
+                .version
+        }
+    });
+    let mut versions = join_all(attempts).await;
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=13).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_parallel_registrations_of_one_email_admit_exactly_one() {
+    let app = spawn_app().await;
+    let registrations = (0..32).map(|i| {
+        let app = &app;
+        // Case and spacing vary; uniqueness is case-insensitive.
+        let email = if i % 2 == 0 {
+            "Race@Example.com".to_owned()
+        } else {
+            " race@example.COM ".to_owned()
+        };
+        async move { app.register(&email).await.status().as_u16() }
+    });
+    let statuses = join_all(registrations).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        31,
+        "{statuses:?}"
+    );
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 1);
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegistered'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(registered, 1);
+    assert_eq!(app.login("RACE@example.com", PASSWORD).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_racing_claims_on_one_idempotency_key_exactly_one_runs() {
+    let app = spawn_app().await;
+    let store = IdempotencyStore::new(app.pool.clone());
+    let claims = (0..16).map(|_| {
+        let store = store.clone();
+        async move {
+            store
+                .claim(
+                    "user:x",
+                    "key-1",
+                    b"same request",
+                    Duration::from_millis(300),
+                )
+                .await
+                .unwrap()
+        }
+    });
+    let results = join_all(claims).await;
+    let fresh = results.iter().filter(|c| **c == Claim::Fresh).count();
+    assert_eq!(fresh, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .all(|c| matches!(c, Claim::Fresh | Claim::InFlight)));
+    let other = store
+        .claim("user:x", "key-1", b"another request", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(other, Claim::Mismatch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_carries_its_metadata_id_time_and_project() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let r = app
+        .as_user(&owner, Method::POST, "/projects")
+        .header("x-correlation-id", "flow-42")
+        .json(&json!({"name": "Traced"}))
+        .send()
+        .await
+        .unwrap();
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let project = body(r).await["id"].as_str().unwrap().to_owned();
+    let ws = app
+        .create_workspace(&owner, project.parse().unwrap(), "main")
+        .await;
+    let put = app
+        .as_user(
+            &owner,
+            Method::PUT,
+            &format!("/workspaces/{ws}/files/a/b.py"),
+        )
+        .json(&json!({"content": "print(1)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let rows: Vec<(
+        String,
+        serde_json::Value,
+        uuid::Uuid,
+        Option<uuid::Uuid>,
+        bool,
+    )> = sqlx::query_as(
+        "SELECT event_type, metadata, event_id, project_id, recorded_at <= now() FROM events",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(rows.len() >= 5, "{rows:?}");
+    for (event_type, metadata, event_id, project_id, recorded) in &rows {
+        assert_eq!(
+            event_id.get_version_num(),
+            7,
+            "{event_type}: event ids are UUIDv7"
+        );
+        assert!(recorded);
+        for key in ["request_id", "correlation_id", "causation_id", "actor_id"] {
+            assert!(
+                metadata[key].is_string(),
+                "{event_type} lacks {key}: {metadata}"
+            );
+        }
+        let scoped = !matches!(
+            event_type.as_str(),
+            "UserRegistered" | "UserLoggedIn" | "UserLoggedOut" | "DisplayNameUpdated"
+        );
+        if scoped {
+            assert_eq!(metadata["project_id"], project.as_str(), "{event_type}");
+            assert_eq!(project_id.map(|p| p.to_string()), Some(project.clone()));
+        } else {
+            assert!(project_id.is_none(), "{event_type}");
+        }
+    }
+    let created = rows
+        .iter()
+        .find(|r| r.0 == "ProjectCreated")
+        .map(|r| r.1.clone())
+        .unwrap();
+    assert_eq!(created["correlation_id"], "flow-42");
+    assert_eq!(created["request_id"], request_id.as_str());
+    assert_eq!(created["causation_id"], request_id.as_str());
+    assert_eq!(created["actor_id"], owner.id.to_string());
+}
