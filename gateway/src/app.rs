@@ -46,7 +46,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(jobs::routes())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), rate_limit::per_user));
-    auth.merge(rest).route_layer(from_fn(telemetry::track_requests))
+    auth.merge(rest)
+        .route_layer(from_fn(telemetry::track_requests))
 }
 
 fn cors(state: &AppState) -> CorsLayer {
@@ -117,7 +118,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(cors(&state))
-        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(REQUEST_ID)))
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
+            REQUEST_ID,
+        )))
         .layer(TraceLayer::new_for_http().make_span_with(span))
         .layer(SetRequestIdLayer::new(
             HeaderName::from_static(REQUEST_ID),

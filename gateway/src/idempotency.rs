@@ -42,7 +42,12 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
 async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
     let key = match req.headers().get(HEADER) {
-        Some(key) if req.method() == Method::POST && !UNSTORED_PATHS.iter().any(|p| path.ends_with(p)) => key,
+        Some(key)
+            if req.method() == Method::POST
+                && !UNSTORED_PATHS.iter().any(|p| path.ends_with(p)) =>
+        {
+            key
+        }
         _ => return Ok(next.run(req).await),
     };
     let key = key

@@ -55,8 +55,7 @@ async fn enforce(
         }
     };
     if let Some(v) = verdict.filter(|v| !v.allowed) {
-        metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned())
-            .increment(1);
+        metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned()).increment(1);
         return v.rejection().into_response();
     }
     let mut response = next.run(req).await;

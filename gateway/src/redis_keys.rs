@@ -80,7 +80,12 @@ impl RedisState {
     }
 
     /// Counts a request of `subject` against `policy`'s per-minute `limit`.
-    pub async fn hit(&self, policy: &str, subject: &str, limit: u32) -> Result<Verdict, RedisError> {
+    pub async fn hit(
+        &self,
+        policy: &str,
+        subject: &str,
+        limit: u32,
+    ) -> Result<Verdict, RedisError> {
         let key = format!("{}:rl:{policy}:{subject}", self.prefix);
         let (count, ttl_ms): (u64, i64) = self
             .hit

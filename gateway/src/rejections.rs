@@ -57,9 +57,7 @@ impl Rejection for ProjectError {
                 ApiError::conflict("owner_cannot_be_granted", detail)
             }
             ProjectError::WorkspaceNotFound => ApiError::not_found("workspace"),
-            ProjectError::WorkspaceNameTaken => {
-                ApiError::conflict("workspace_name_taken", detail)
-            }
+            ProjectError::WorkspaceNameTaken => ApiError::conflict("workspace_name_taken", detail),
         }
     }
 }
@@ -144,10 +142,9 @@ impl Rejection for SessionError {
 impl From<RegisterError> for ApiError {
     fn from(e: RegisterError) -> Self {
         match e {
-            RegisterError::EmailTaken => ApiError::conflict(
-                "email_taken",
-                "an account with this email already exists",
-            ),
+            RegisterError::EmailTaken => {
+                ApiError::conflict("email_taken", "an account with this email already exists")
+            }
             RegisterError::Command(e) => e.into(),
             RegisterError::Hash(e) => ApiError::internal(&e),
             RegisterError::Database(e) => e.into(),

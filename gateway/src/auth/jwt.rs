@@ -94,6 +94,11 @@ impl JwtKeys {
     pub fn verify(&self, token: &str) -> Option<AccessToken> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let claims = data.claims;
+        // jsonwebtoken requires `iat` to exist but not to make sense: a
+        // token issued in the future was not issued by us.
+        if claims.iat > now_secs() + self.validation.leeway {
+            return None;
+        }
         Some(AccessToken {
             user: claims.sub.parse().ok()?,
             session: claims.sid.parse().ok()?,
@@ -127,6 +132,26 @@ mod tests {
         let issued = keys.issue(user, SessionId::generate());
         assert_eq!(issued.expires_in, 900);
         assert_eq!(keys.verify(&issued.token).unwrap().user, user);
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_are_refused() {
+        let config = config(b"0123456789abcdef0123456789abcdef");
+        let keys = JwtKeys::new(&config);
+        let now = now_secs();
+        let claims = Claims {
+            iss: "tandem".into(),
+            aud: "tandem-api".into(),
+            sub: UserId::generate().to_string(),
+            exp: now + 3600,
+            nbf: now,
+            iat: now + 600,
+            jti: "j".into(),
+            sid: SessionId::generate().to_string(),
+        };
+        let key = EncodingKey::from_secret(config.secret.expose());
+        let token = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        assert!(keys.verify(&token).is_none());
     }
 
     #[test]

@@ -219,10 +219,7 @@ async fn logout(
     let remaining = caller.token.expires_at.saturating_sub(now_secs()) + 1;
     state.redis.deny_token(&caller.token.jti, remaining).await?;
     let ttl = state.config.jwt.access_ttl.as_secs();
-    state
-        .redis
-        .deny_session(&session.to_string(), ttl)
-        .await?;
+    state.redis.deny_session(&session.to_string(), ttl).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,8 +248,8 @@ async fn update_me(
     caller: Caller,
     ApiJson(body): ApiJson<UpdateMeRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let name = DisplayName::parse(&body.display_name)
-        .map_err(|e| ApiError::field("display_name", e.0))?;
+    let name =
+        DisplayName::parse(&body.display_name).map_err(|e| ApiError::field("display_name", e.0))?;
     let (profile, committed) = state
         .write
         .accounts

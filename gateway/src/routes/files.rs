@@ -79,8 +79,16 @@ pub async fn save_file(
         content,
         base_version: body.base_version,
     };
-    let reply = file_command(&state, &caller, workspace, file_path, Some(size), command, expected)
-        .await?;
+    let reply = file_command(
+        &state,
+        &caller,
+        workspace,
+        file_path,
+        Some(size),
+        command,
+        expected,
+    )
+    .await?;
     Ok(reply)
 }
 
@@ -108,7 +116,10 @@ pub async fn delete_file(
         path: file_path.clone(),
         base_version: None,
     };
-    file_command(&state, &caller, workspace, file_path, None, command, expected).await
+    file_command(
+        &state, &caller, workspace, file_path, None, command, expected,
+    )
+    .await
 }
 
 async fn file_command(

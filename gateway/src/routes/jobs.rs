@@ -79,12 +79,13 @@ fn parse_submission(body: SubmitJobRequest) -> Result<SubmitParts, ApiError> {
             }
             Some(JobSource::Inline(code))
         }
-        (None, Some(ws), Some(path)) => f
-            .check("path", FilePath::parse(&path))
-            .map(|path| JobSource::Workspace {
-                workspace_id: WorkspaceId(ws),
-                path,
-            }),
+        (None, Some(ws), Some(path)) => {
+            f.check("path", FilePath::parse(&path))
+                .map(|path| JobSource::Workspace {
+                    workspace_id: WorkspaceId(ws),
+                    path,
+                })
+        }
         _ => {
             f.fail("source", "send either source, or workspace_id and path");
             None
@@ -172,7 +173,15 @@ async fn cancel_job(
     IfMatch(expected): IfMatch,
 ) -> Result<impl IntoResponse, ApiError> {
     let command = JobCommand::Cancel { actor: caller.user };
-    job_command(&state, &caller, job, command, JobStatus::Cancelled, expected).await
+    job_command(
+        &state,
+        &caller,
+        job,
+        command,
+        JobStatus::Cancelled,
+        expected,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs",

@@ -68,7 +68,11 @@ fn grantable_role(f: &mut Fields, raw: &str) -> Option<Role> {
 }
 
 fn user_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no registered user matches")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "user_not_found",
+        "no registered user matches",
+    )
 }
 
 #[utoipa::path(post, path = "/projects/{id}/members", tag = "members",
@@ -119,13 +123,26 @@ async fn invite(
         user,
         role,
     };
-    let reply = member_command(&state, &caller, project, user, Some(role), command, expected).await?;
+    let reply = member_command(
+        &state,
+        &caller,
+        project,
+        user,
+        Some(role),
+        command,
+        expected,
+    )
+    .await?;
     Ok(reply.with_status(StatusCode::CREATED))
 }
 
 /// The project's own verdict on whether the caller may manage members,
 /// asked before anything reveals whether an invitee exists.
-async fn ensure_may_manage(state: &AppState, caller: &Caller, project: Uuid) -> Result<(), ApiError> {
+async fn ensure_may_manage(
+    state: &AppState,
+    caller: &Caller,
+    project: Uuid,
+) -> Result<(), ApiError> {
     let access = state
         .write
         .directory
@@ -168,7 +185,16 @@ async fn change_role(
         user: UserId(user),
         role,
     };
-    member_command(&state, &caller, project, UserId(user), Some(role), command, expected).await
+    member_command(
+        &state,
+        &caller,
+        project,
+        UserId(user),
+        Some(role),
+        command,
+        expected,
+    )
+    .await
 }
 
 #[utoipa::path(delete, path = "/projects/{id}/members/{user_id}", tag = "members",
@@ -191,7 +217,16 @@ async fn remove_member(
         actor: caller.user,
         user: UserId(user),
     };
-    member_command(&state, &caller, project, UserId(user), None, command, expected).await
+    member_command(
+        &state,
+        &caller,
+        project,
+        UserId(user),
+        None,
+        command,
+        expected,
+    )
+    .await
 }
 
 async fn member_command(

@@ -77,8 +77,16 @@ async fn create_workspace(
         workspace_id: workspace,
         name: name.clone(),
     };
-    let reply = workspace_command(&state, &caller, project, workspace, Some(name), command, expected)
-        .await?;
+    let reply = workspace_command(
+        &state,
+        &caller,
+        project,
+        workspace,
+        Some(name),
+        command,
+        expected,
+    )
+    .await?;
     Ok(reply
         .with_status(StatusCode::CREATED)
         .located(format!("/api/v1/workspaces/{workspace}")))
@@ -110,7 +118,16 @@ async fn rename_workspace(
         workspace_id: workspace,
         name: name.clone(),
     };
-    workspace_command(&state, &caller, project, workspace, Some(name), command, expected).await
+    workspace_command(
+        &state,
+        &caller,
+        project,
+        workspace,
+        Some(name),
+        command,
+        expected,
+    )
+    .await
 }
 
 #[utoipa::path(delete, path = "/workspaces/{id}", tag = "workspaces",
