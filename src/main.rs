@@ -8,7 +8,11 @@ use tandem_commands::db::PoolConfig;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Event-sourced backend for real-time collaborative workspaces")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Event-sourced backend for real-time collaborative workspaces"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,

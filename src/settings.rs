@@ -14,24 +14,54 @@ use tandem_gateway::{GatewayConfig, Secret};
 #[derive(Args, Clone, Debug)]
 pub struct Common {
     /// Postgres holding the event store (created if missing).
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/tandem", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tandem",
+        global = true
+    )]
     pub database_url: String,
     /// NATS with JetStream.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     pub nats_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
     /// Prefix of every NATS subject/stream and Redis key of this deployment.
-    #[arg(long, env = "TANDEM_NAMESPACE", default_value = "tandem", global = true)]
+    #[arg(
+        long,
+        env = "TANDEM_NAMESPACE",
+        default_value = "tandem",
+        global = true
+    )]
     pub namespace: String,
     /// Local state: generated secrets, private service instances.
-    #[arg(long, env = "TANDEM_DATA_DIR", default_value = ".tandem", global = true)]
+    #[arg(
+        long,
+        env = "TANDEM_DATA_DIR",
+        default_value = ".tandem",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// `json`, `pretty` or `auto` (pretty on a terminal).
     #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "auto", global = true)]
     pub log_format: String,
     /// Postgres connections per process.
-    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = 32, global = true)]
+    #[arg(
+        long,
+        env = "TANDEM_DB_MAX_CONNECTIONS",
+        default_value_t = 32,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 
@@ -53,13 +83,22 @@ pub struct Http {
     #[arg(long, env = "TANDEM_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,
     /// Comma-separated origins allowed by CORS, e.g. `https://app.example.com`.
-    #[arg(long, env = "TANDEM_CORS_ORIGINS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "TANDEM_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub cors_origins: Vec<String>,
     /// Auth endpoints, per client address, per minute.
     #[arg(long, env = "TANDEM_RATE_LIMIT_AUTH_PER_MIN", default_value_t = 10)]
     pub rate_limit_auth_per_min: u32,
     /// Login attempts per account per minute.
-    #[arg(long, env = "TANDEM_RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_MIN", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "TANDEM_RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_MIN",
+        default_value_t = 10
+    )]
     pub rate_limit_login_per_account_per_min: u32,
     /// Other API requests per user per minute.
     #[arg(long, env = "TANDEM_RATE_LIMIT_API_PER_MIN", default_value_t = 600)]

@@ -46,7 +46,9 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
 pub async fn connect_postgres(endpoints: &Endpoints) -> anyhow::Result<PgPool> {
     db::connect(&endpoints.database_url, &endpoints.pool)
         .await
-        .with_context(|| "connecting to Postgres (is DATABASE_URL right, and did `tandem migrate` run?)")
+        .with_context(|| {
+            "connecting to Postgres (is DATABASE_URL right, and did `tandem migrate` run?)"
+        })
 }
 
 pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Connections> {

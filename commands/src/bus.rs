@@ -215,17 +215,19 @@ impl CommandBus {
                 .await
                 .map_err(CommandError::from_store)?;
             let current = context.current_sequence as u64;
-            if let Some(expected) = expected_version {
-                if expected != current {
-                    return Err(CommandError::PreconditionFailed { expected, current });
-                }
-            }
             let sink = EventSink::default();
+            // The aggregate decides first: someone who may not see it must
+            // learn nothing from a version mismatch (not even existence).
             context
                 .aggregate()
                 .handle(command.clone(), services, &sink)
                 .await
                 .map_err(CommandError::Rejected)?;
+            if let Some(expected) = expected_version {
+                if expected != current {
+                    return Err(CommandError::PreconditionFailed { expected, current });
+                }
+            }
             let events = sink.collect().await;
             if events.is_empty() {
                 break (current, 0);

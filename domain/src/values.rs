@@ -209,17 +209,18 @@ impl FilePath {
     }
 }
 
-/// The content of a file. Text (UTF-8) only; bounded so that one event
-/// stays well under the request body limit.
+/// The content of a file. Text (UTF-8) only; bounded at 768 KiB so that a
+/// save of the largest file, wrapped in JSON, fits the default 1 MiB
+/// request body limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileContent(String);
 
 impl FileContent {
-    pub const MAX_BYTES: usize = 1024 * 1024;
+    pub const MAX_BYTES: usize = 768 * 1024;
 
     pub fn parse(raw: String) -> Result<Self, InvalidValue> {
         if raw.len() > Self::MAX_BYTES {
-            return Err(InvalidValue("must be at most 1 MiB"));
+            return Err(InvalidValue("must be at most 768 KiB"));
         }
         Ok(Self(raw))
     }

@@ -109,7 +109,7 @@ impl Rejection for JobError {
                 "invalid_job_state",
                 format!("a {} job cannot {action}", status_name(status)),
             )
-            .with("status", status_name(status)),
+            .with("job_status", status_name(status)),
             JobError::StaleAttempt { .. } | JobError::AttemptsExhausted => {
                 ApiError::conflict("invalid_job_state", detail)
             }

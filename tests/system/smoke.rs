@@ -35,9 +35,19 @@ async fn a_user_registers_logs_in_and_creates_a_project_that_is_logged() {
 async fn health_readiness_and_metrics_answer() {
     let app = spawn_app().await;
     let root = format!("http://{}", app.addr);
-    let health = app.client.get(format!("{root}/healthz")).send().await.unwrap();
+    let health = app
+        .client
+        .get(format!("{root}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = app.client.get(format!("{root}/readyz")).send().await.unwrap();
+    let ready = app
+        .client
+        .get(format!("{root}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     let ready = body(ready).await;
     for check in ["postgres", "redis", "nats"] {
@@ -47,7 +57,12 @@ async fn health_readiness_and_metrics_answer() {
 
     let owner = app.user().await;
     app.create_project(&owner).await;
-    let metrics = app.client.get(format!("{root}/metrics")).send().await.unwrap();
+    let metrics = app
+        .client
+        .get(format!("{root}/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("tandem_http_requests_total"), "{text}");
@@ -58,7 +73,14 @@ async fn health_readiness_and_metrics_answer() {
 async fn the_openapi_document_covers_every_command_and_swagger_ui_is_served_offline() {
     let app = spawn_app().await;
     let root = format!("http://{}", app.addr);
-    let doc = body(app.client.get(format!("{root}/openapi.json")).send().await.unwrap()).await;
+    let doc = body(
+        app.client
+            .get(format!("{root}/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let paths = doc["paths"].as_object().unwrap();
     let expected = [
         ("/api/v1/auth/register", "post"),
@@ -89,11 +111,19 @@ async fn the_openapi_document_covers_every_command_and_swagger_ui_is_served_offl
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-    let ui = app.client.get(format!("{root}/docs/")).send().await.unwrap();
+    let ui = app
+        .client
+        .get(format!("{root}/docs/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ui.status(), 200);
     let html = ui.text().await.unwrap();
     assert!(html.contains("swagger"), "{html}");
-    assert!(!html.contains("https://"), "Swagger UI must not load assets from the internet");
+    assert!(
+        !html.contains("https://"),
+        "Swagger UI must not load assets from the internet"
+    );
     let bundle = app
         .client
         .get(format!("{root}/docs/swagger-ui-bundle.js"))
@@ -114,7 +144,10 @@ async fn cors_allows_configured_origins_only() {
             .request(reqwest::Method::OPTIONS, app.url("/projects"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
             .send()
     };
     let allowed = preflight("https://app.example.com").await.unwrap();
@@ -123,5 +156,7 @@ async fn cors_allows_configured_origins_only() {
         "https://app.example.com"
     );
     let refused = preflight("https://evil.example.net").await.unwrap();
-    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-origin"));
 }

@@ -235,7 +235,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
             acquire_timeout: Duration::from_secs(30),
         },
     };
-    let connections: Connections = stack::connect(&endpoints).await.expect("services reachable");
+    let connections: Connections = stack::connect(&endpoints)
+        .await
+        .expect("services reachable");
     let pool = connections.pool.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sequencer = options.sequencer.then(|| SequencerConfig {
@@ -311,7 +313,11 @@ impl TestApp {
         let email = format!("u{}@example.com", Uuid::new_v4().simple());
         let registered = self.register(&email).await;
         assert_eq!(registered.status(), StatusCode::CREATED);
-        let id = body(registered).await["id"].as_str().unwrap().parse().unwrap();
+        let id = body(registered).await["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         let tokens = body(self.login(&email, PASSWORD).await).await;
         User {
             id,
@@ -339,12 +345,21 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
     }
 
     pub async fn create_workspace(&self, user: &User, project: Uuid, name: &str) -> Uuid {
         let r = self
-            .as_user(user, Method::POST, &format!("/projects/{project}/workspaces"))
+            .as_user(
+                user,
+                Method::POST,
+                &format!("/projects/{project}/workspaces"),
+            )
             .json(&json!({ "name": name }))
             .send()
             .await

@@ -22,7 +22,7 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SaveFileRequest {
-    /// UTF-8 text, at most 1 MiB.
+    /// UTF-8 text, at most 768 KiB (so the request fits the 1 MiB body limit).
     content: String,
     /// The version this edit is based on; `0` to create a new file only.
     base_version: Option<u64>,

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use tandem_domain::project::{Project, ProjectCommand};
+use tandem_commands::CommandError;
+use tandem_domain::project::{Project, ProjectCommand, ProjectError};
 use tandem_domain::values::WorkspaceName;
 use tandem_domain::{ProjectId, WorkspaceId};
 use utoipa::ToSchema;
@@ -173,11 +174,21 @@ async fn workspace_command(
     command: ProjectCommand,
     expected: Option<u64>,
 ) -> Result<Reply<WorkspaceChanged>, ApiError> {
+    // Only creation is addressed by project; the rest name the workspace.
+    let by_workspace = !matches!(command, ProjectCommand::CreateWorkspace { .. });
     let committed = state
         .write
         .bus
         .execute::<Project>(&project.to_string(), command, &caller.ctx(), expected)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Addressed by workspace, an invisible project is an invisible
+            // workspace: the same answer as for one that never existed.
+            CommandError::Rejected(ProjectError::NotFound) if by_workspace => {
+                ApiError::not_found("workspace")
+            }
+            other => other.into(),
+        })?;
     let body = WorkspaceChanged {
         id: workspace.0,
         project_id: project,
