@@ -20,6 +20,32 @@ pub struct ProjectAccess {
     pub archived: bool,
 }
 
+/// Why a user may not change a project's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteDenied {
+    /// Not a member: the project is invisible to them.
+    NotVisible,
+    /// A member whose role only reads.
+    ReadOnlyRole,
+    Archived,
+}
+
+impl ProjectAccess {
+    /// The standing a writer needs: a member, with a write role, in a
+    /// project that still takes writes. Checked in that order, so a
+    /// non-member learns nothing about the project's state.
+    pub fn require_write(&self) -> Result<ProjectId, WriteDenied> {
+        let role = self.role.ok_or(WriteDenied::NotVisible)?;
+        if !role.can_write() {
+            return Err(WriteDenied::ReadOnlyRole);
+        }
+        if self.archived {
+            return Err(WriteDenied::Archived);
+        }
+        Ok(self.project_id)
+    }
+}
+
 /// A user's standing in the project that owns a workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkspaceAccess {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FileCommand, FileEvent};
 use crate::ids::{ProjectId, UserId, WorkspaceId};
-use crate::services::{Directory, FileSnapshot, LookupError};
+use crate::services::{Directory, FileSnapshot, LookupError, WriteDenied};
 use crate::ProjectScoped;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -56,18 +56,16 @@ impl File {
         let access = directory
             .workspace_access(workspace, actor)
             .await?
+            .filter(|a| a.live)
             .ok_or(FileError::WorkspaceNotFound)?;
-        let role = access.project.role.ok_or(FileError::WorkspaceNotFound)?;
-        if !access.live {
-            return Err(FileError::WorkspaceNotFound);
-        }
-        if !role.can_write() {
-            return Err(FileError::Forbidden);
-        }
-        if access.project.archived {
-            return Err(FileError::Archived);
-        }
-        Ok(access.project.project_id)
+        access
+            .project
+            .require_write()
+            .map_err(|denied| match denied {
+                WriteDenied::NotVisible => FileError::WorkspaceNotFound,
+                WriteDenied::ReadOnlyRole => FileError::Forbidden,
+                WriteDenied::Archived => FileError::Archived,
+            })
     }
 
     fn check_base(&self, base_version: Option<u64>) -> Result<(), FileError> {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JobCommand, JobEvent, JobSource};
 use crate::ids::{ProjectId, UserId};
-use crate::services::{Directory, LookupError};
+use crate::services::{Directory, LookupError, WriteDenied};
 use crate::ProjectScoped;
 
 /// The status clients see (API.md). An attempt that failed and awaits its
@@ -125,18 +125,25 @@ impl Job {
     /// A user's command on an existing job: the project decides.
     async fn authorize_user(&self, directory: &Directory, actor: UserId) -> Result<(), JobError> {
         let project = self.project_id.ok_or(JobError::NotFound)?;
-        let access = directory.project_access(project, actor).await?;
-        let role = access
-            .as_ref()
-            .and_then(|a| a.role)
-            .ok_or(JobError::NotFound)?;
-        if !role.can_write() {
-            return Err(JobError::Forbidden);
-        }
-        if access.is_some_and(|a| a.archived) {
-            return Err(JobError::Archived);
-        }
+        Self::require_writer(directory, project, actor, JobError::NotFound).await?;
         Ok(())
+    }
+
+    /// `invisible`: the answer for someone who can't see the project.
+    async fn require_writer(
+        directory: &Directory,
+        project: ProjectId,
+        actor: UserId,
+        invisible: JobError,
+    ) -> Result<ProjectId, JobError> {
+        let Some(access) = directory.project_access(project, actor).await? else {
+            return Err(invisible);
+        };
+        access.require_write().map_err(|denied| match denied {
+            WriteDenied::NotVisible => invisible,
+            WriteDenied::ReadOnlyRole => JobError::Forbidden,
+            WriteDenied::Archived => JobError::Archived,
+        })
     }
 
     /// Reports name the attempt they are about; anything else is stale.
@@ -172,26 +179,15 @@ impl Job {
         if self.phase.is_some() {
             return Err(JobError::AlreadySubmitted);
         }
-        let access = directory
-            .project_access(project_id, actor)
-            .await?
-            .ok_or(JobError::ProjectNotFound)?;
-        let role = access.role.ok_or(JobError::ProjectNotFound)?;
-        if !role.can_write() {
-            return Err(JobError::Forbidden);
-        }
-        if access.archived {
-            return Err(JobError::Archived);
-        }
+        Self::require_writer(directory, project_id, actor, JobError::ProjectNotFound).await?;
         let (source, workspace_id, path, file_version) = match source {
             JobSource::Inline(code) => (code, None, None, None),
             JobSource::Workspace { workspace_id, path } => {
-                let ws = directory
+                directory
                     .workspace_access(workspace_id, actor)
                     .await?
                     .filter(|w| w.live && w.project.project_id == project_id)
                     .ok_or(JobError::WorkspaceNotFound)?;
-                debug_assert!(ws.project.role.is_some());
                 let file = directory
                     .file_snapshot(workspace_id, path.as_str())
                     .await?
