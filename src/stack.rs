@@ -94,12 +94,13 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let pool = connections.pool.clone();
-        if let Some(config) = options.sequencer {
-            tasks.push(spawn_sequencer(pool.clone(), config, shutdown.clone()));
-        }
         let write = WriteSide::start(pool.clone(), &options.write)
             .await
             .context("starting the write side")?;
+        if let Some(config) = options.sequencer {
+            let sequencer = Sequencer::new(pool.clone(), config).with_local_wake(write.appended());
+            tasks.push(run_sequencer(sequencer, shutdown.clone()));
+        }
         let redis = RedisState::new(connections.redis, &options.gateway.namespace);
         let state = AppState::new(Shared {
             write,
@@ -139,6 +140,8 @@ impl Stack {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Also ends the write side's listener, which holds a connection.
+        self.pool.close().await;
     }
 }
 
@@ -147,8 +150,12 @@ pub fn spawn_sequencer(
     config: SequencerConfig,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    run_sequencer(Sequencer::new(pool, config), shutdown)
+}
+
+fn run_sequencer(sequencer: Sequencer, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
-        Sequencer::new(pool, config)
+        sequencer
             .run(async move { shutdown.cancelled().await })
             .await;
     })

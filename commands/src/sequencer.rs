@@ -20,10 +20,12 @@
 //! `NOTIFY tandem_appended` and polls as a fallback.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Notify;
 
 use crate::positions::APPENDED_CHANNEL;
 
@@ -53,6 +55,8 @@ impl Default for SequencerConfig {
 pub struct Sequencer {
     pool: PgPool,
     config: SequencerConfig,
+    /// Appends in this process wake us directly, without a NOTIFY trip.
+    local_wake: Option<Arc<Notify>>,
 }
 
 /// The result of one step.
@@ -64,7 +68,16 @@ pub struct Step {
 
 impl Sequencer {
     pub fn new(pool: PgPool, config: SequencerConfig) -> Self {
-        Self { pool, config }
+        Self {
+            pool,
+            config,
+            local_wake: None,
+        }
+    }
+
+    pub fn with_local_wake(mut self, wake: Arc<Notify>) -> Self {
+        self.local_wake = Some(wake);
+        self
     }
 
     /// Sequences until `shutdown` resolves; survives database restarts by
@@ -124,11 +137,18 @@ impl Sequencer {
             if step.assigned >= i64::from(self.config.batch_size) {
                 continue;
             }
+            let local = async {
+                match &self.local_wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 n = listener.recv() => {
                     n?;
                     while listener.next_buffered().is_some() {}
                 }
+                () = local => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }

@@ -42,6 +42,7 @@ pub struct WriteSide {
     pub accounts: Accounts,
     pub sessions: Sessions,
     pub idempotency: IdempotencyStore,
+    notifier: AppendNotifier,
 }
 
 impl WriteSide {
@@ -51,7 +52,7 @@ impl WriteSide {
         let directory = Arc::new(EventStoreDirectory::new(pool.clone()));
         let notifier = AppendNotifier::spawn(pool.clone());
         let positions = PositionWaiter::spawn(pool.clone(), config.position_wait).await?;
-        let bus = CommandBus::new(&pool, directory.clone(), notifier, positions);
+        let bus = CommandBus::new(&pool, directory.clone(), notifier.clone(), positions);
         let hasher = PasswordHasher::new(config.hash_concurrency);
         Ok(Self {
             accounts: Accounts::new(pool.clone(), bus.clone(), hasher),
@@ -60,6 +61,12 @@ impl WriteSide {
             directory,
             bus,
             pool,
+            notifier,
         })
+    }
+
+    /// Notified on every append by this process, for an in-process sequencer.
+    pub fn appended(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.notifier.local_wake()
     }
 }
