@@ -117,8 +117,8 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiE
 }
 
 fn scope(state: &AppState, req: &Request) -> String {
-    if let Some(Verified(token)) = req.extensions().get::<Verified>() {
-        return format!("user:{}", token.user);
+    if let Some(verified) = req.extensions().get::<Verified>() {
+        return format!("user:{}", verified.token.user);
     }
     if let Some(token) = bearer(req.headers()).and_then(|t| state.jwt.verify(t)) {
         return format!("user:{}", token.user);

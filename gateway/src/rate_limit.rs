@@ -39,21 +39,11 @@ fn peer(req: &Request) -> Option<SocketAddr> {
         .map(|c| c.0)
 }
 
-async fn enforce(
-    state: &AppState,
-    policy: &str,
-    subject: &str,
-    limit: u32,
-    req: Request,
-    next: Next,
-) -> Response {
-    let verdict = match state.redis.hit(policy, subject, limit).await {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; not limiting");
-            None
-        }
-    };
+fn unlimited(e: &redis::RedisError) {
+    tracing::warn!(error = %e, "rate limiter unavailable; not limiting");
+}
+
+async fn enforce(policy: &str, verdict: Option<Verdict>, req: Request, next: Next) -> Response {
     if let Some(v) = verdict.filter(|v| !v.allowed) {
         metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned()).increment(1);
         return v.rejection().into_response();
@@ -76,18 +66,38 @@ fn write_if_absent(v: &Verdict, headers: &mut HeaderMap) {
 pub async fn per_address(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let addr = client_addr(&state, req.headers(), peer(&req));
     let limit = state.config.rate_limits.auth_per_ip;
-    enforce(&state, "auth", &addr, limit, req, next).await
+    let verdict = state.redis.hit("auth", &addr, limit).await;
+    enforce("auth", verdict.inspect_err(unlimited).ok(), req, next).await
 }
 
+/// Per user when the bearer token verifies, else per address. For a user,
+/// the same Redis round trip also checks the token against the denylist
+/// and hands the answer to the [`crate::auth::caller::Caller`] extractor.
 pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let verified = bearer(req.headers()).and_then(|t| state.jwt.verify(t));
-    let subject = match &verified {
-        Some(token) => format!("user:{}", token.user),
-        None => format!("addr:{}", client_addr(&state, req.headers(), peer(&req))),
-    };
-    if let Some(token) = verified {
-        req.extensions_mut().insert(Verified(token));
-    }
     let limit = state.config.rate_limits.api_per_user;
-    enforce(&state, "api", &subject, limit, req, next).await
+    let verdict = match bearer(req.headers()).and_then(|t| state.jwt.verify(t)) {
+        Some(token) => {
+            let subject = format!("user:{}", token.user);
+            let sid = token.session.to_string();
+            let checked = state
+                .redis
+                .hit_and_check("api", &subject, limit, &token.jti, &sid)
+                .await;
+            let (verdict, denied) = match checked {
+                Ok((verdict, denied)) => (Some(verdict), Some(denied)),
+                Err(e) => {
+                    unlimited(&e);
+                    (None, None)
+                }
+            };
+            req.extensions_mut().insert(Verified { token, denied });
+            verdict
+        }
+        None => {
+            let subject = format!("addr:{}", client_addr(&state, req.headers(), peer(&req)));
+            let verdict = state.redis.hit("api", &subject, limit).await;
+            verdict.inspect_err(unlimited).ok()
+        }
+    };
+    enforce("api", verdict, req, next).await
 }

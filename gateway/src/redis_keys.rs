@@ -20,6 +20,17 @@ local ttl = redis.call('PTTL', KEYS[1])
 return {n, ttl}
 ";
 
+/// The same, and in the same round trip whether any of the further keys
+/// (the caller's denylist entries) exists.
+const HIT_AND_CHECK: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+local denied = 0
+if #KEYS > 1 then denied = redis.call('EXISTS', unpack(KEYS, 2)) end
+return {n, ttl, denied}
+";
+
 /// The outcome of counting one request against a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -31,6 +42,15 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    fn of(limit: u32, count: u64, ttl_ms: i64) -> Self {
+        Self {
+            limit,
+            remaining: (u64::from(limit).saturating_sub(count)) as u32,
+            reset: (ttl_ms.max(0) as u64).div_ceil(1000).max(1),
+            allowed: count <= u64::from(limit),
+        }
+    }
+
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         let num = |n: u64| HeaderValue::from_str(&n.to_string()).expect("digits");
         headers.insert("ratelimit-limit", num(self.limit.into()));
@@ -64,6 +84,7 @@ pub struct RedisState {
     redis: ConnectionManager,
     prefix: String,
     hit: Script,
+    hit_and_check: Script,
 }
 
 impl RedisState {
@@ -72,11 +93,16 @@ impl RedisState {
             redis,
             prefix: namespace.to_owned(),
             hit: Script::new(HIT),
+            hit_and_check: Script::new(HIT_AND_CHECK),
         }
     }
 
     pub fn connection(&self) -> ConnectionManager {
         self.redis.clone()
+    }
+
+    fn rate_key(&self, policy: &str, subject: &str) -> String {
+        format!("{}:rl:{policy}:{subject}", self.prefix)
     }
 
     /// Counts a request of `subject` against `policy`'s per-minute `limit`.
@@ -86,20 +112,34 @@ impl RedisState {
         subject: &str,
         limit: u32,
     ) -> Result<Verdict, RedisError> {
-        let key = format!("{}:rl:{policy}:{subject}", self.prefix);
         let (count, ttl_ms): (u64, i64) = self
             .hit
-            .key(key)
+            .key(self.rate_key(policy, subject))
             .arg(WINDOW_MS)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        let reset = (ttl_ms.max(0) as u64).div_ceil(1000).max(1);
-        Ok(Verdict {
-            limit,
-            remaining: (u64::from(limit).saturating_sub(count)) as u32,
-            reset,
-            allowed: count <= u64::from(limit),
-        })
+        Ok(Verdict::of(limit, count, ttl_ms))
+    }
+
+    /// [`Self::hit`] and [`Self::is_denied`] in one round trip, for the
+    /// requests of an authenticated user.
+    pub async fn hit_and_check(
+        &self,
+        policy: &str,
+        subject: &str,
+        limit: u32,
+        jti: &str,
+        sid: &str,
+    ) -> Result<(Verdict, bool), RedisError> {
+        let (count, ttl_ms, denied): (u64, i64, u32) = self
+            .hit_and_check
+            .key(self.rate_key(policy, subject))
+            .key(self.deny_key("jti", jti))
+            .key(self.deny_key("sid", sid))
+            .arg(WINDOW_MS)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok((Verdict::of(limit, count, ttl_ms), denied > 0))
     }
 
     fn deny_key(&self, kind: &str, id: &str) -> String {

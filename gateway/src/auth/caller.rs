@@ -40,27 +40,36 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// The token verified once per request: the rate limiter stores it here.
+/// The token verified once per request: the rate limiter stores it here,
+/// with the denylist's answer when it could ask (`None`: ask again).
 #[derive(Clone)]
-pub struct Verified(pub AccessToken);
+pub struct Verified {
+    pub token: AccessToken,
+    pub denied: Option<bool>,
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = match parts.extensions.get::<Verified>() {
-            Some(Verified(token)) => token.clone(),
+        let (token, denied) = match parts.extensions.get::<Verified>() {
+            Some(v) => (v.token.clone(), v.denied),
             None => {
                 let raw = bearer(&parts.headers).ok_or_else(|| {
                     ApiError::unauthorized("unauthenticated", "send a bearer access token")
                 })?;
-                state.jwt.verify(raw).ok_or_else(invalid_token)?
+                (state.jwt.verify(raw).ok_or_else(invalid_token)?, None)
             }
         };
-        let denied = state
-            .redis
-            .is_denied(&token.jti, &token.session.to_string())
-            .await?;
+        let denied = match denied {
+            Some(denied) => denied,
+            None => {
+                state
+                    .redis
+                    .is_denied(&token.jti, &token.session.to_string())
+                    .await?
+            }
+        };
         if denied {
             return Err(ApiError::unauthorized(
                 "token_revoked",
