@@ -98,7 +98,8 @@ impl Stack {
             .await
             .context("starting the write side")?;
         if let Some(config) = options.sequencer {
-            let sequencer = Sequencer::new(pool.clone(), config).with_local_wake(write.appended());
+            let sequencer =
+                Sequencer::new(pool.clone(), config).with_local(write.local_sequencer());
             tasks.push(run_sequencer(sequencer, shutdown.clone()));
         }
         let redis = RedisState::new(connections.redis, &options.gateway.namespace);

@@ -114,7 +114,7 @@ impl Accounts {
         };
         let committed = self
             .bus
-            .execute::<User>(&user.to_string(), command, &ctx.with_actor(user), None)
+            .execute_new::<User>(&user.to_string(), command, &ctx.with_actor(user))
             .await?;
         let profile = sqlx::query_as(
             "UPDATE accounts SET registered = true WHERE user_id = $1

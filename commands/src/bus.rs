@@ -11,7 +11,7 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
@@ -207,13 +207,56 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
+        self.run::<A>(id, command, ctx, expected_version, false)
+            .await
+    }
+
+    /// For a command that creates its aggregate under an id minted for it:
+    /// the stream is empty by construction, so loading it is skipped. Were
+    /// the id taken after all, the append would conflict and the command
+    /// be re-run on the loaded aggregate.
+    pub async fn execute_new<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Handled,
+        A::Command: Clone,
+    {
+        self.run::<A>(id, command, ctx, None, true).await
+    }
+
+    async fn run<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        expected_version: Option<u64>,
+        fresh: bool,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Handled,
+        A::Command: Clone,
+    {
         let (store, services) = A::parts(self);
         let mut attempt = 0;
+        let mut subscription = None;
         let (version, appended) = loop {
-            let mut context = store
-                .load_aggregate(id)
-                .await
-                .map_err(CommandError::from_store)?;
+            let mut context = if fresh && attempt == 0 {
+                EventStoreAggregateContext {
+                    aggregate_id: id.to_owned(),
+                    aggregate: A::default(),
+                    current_sequence: 0,
+                    current_snapshot: None,
+                }
+            } else {
+                store
+                    .load_aggregate(id)
+                    .await
+                    .map_err(CommandError::from_store)?
+            };
             let current = context.current_sequence as u64;
             let sink = EventSink::default();
             // The aggregate decides first: someone who may not see it must
@@ -233,6 +276,7 @@ impl CommandBus {
                 break (current, 0);
             }
             let metadata = metadata(ctx, context.aggregate().project_id());
+            subscription = Some(self.inner.positions.subscribe());
             match store.commit(events, context, metadata).await {
                 Ok(committed) => {
                     let last = committed.last().map_or(current, |e| e.sequence as u64);
@@ -259,9 +303,11 @@ impl CommandBus {
         let position = if version == 0 {
             None
         } else {
+            let recorded_earlier = appended == 0;
+            let subscription = subscription.unwrap_or_else(|| self.inner.positions.subscribe());
             self.inner
                 .positions
-                .wait_for(A::TYPE, id, version)
+                .wait_for(subscription, A::TYPE, id, version, recorded_earlier)
                 .await
                 .map_err(|e| CommandError::Unavailable(Box::new(e)))?
         };

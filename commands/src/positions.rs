@@ -1,17 +1,17 @@
 //! The two signals around the sequencer.
 //!
 //! * [`AppendNotifier`]: after a command commits, wake the sequencer: at
-//!   once in-process ([`AppendNotifier::local_wake`]), and for sequencers in
-//!   other processes with `NOTIFY tandem_appended`, sent *after* commit from
+//!   once in-process ([`AppendNotifier::local`]), and — unless that one
+//!   leads — in other processes with `NOTIFY tandem_appended`, sent *after* commit from
 //!   a separate tiny statement — not from a trigger inside the writer's
 //!   transaction, where it would take Postgres's global notify lock at
 //!   commit and serialize every writer's commit behind it. Pokes coalesce,
 //!   so a burst of commits costs one NOTIFY in flight.
 //! * [`PositionWaiter`]: a command waits, bounded, until its last event has
-//!   a position. The sequencer's `tandem_sequenced` notification lists the
-//!   events it numbered, so a waiter learns its position from the
-//!   notification itself; it asks the database only once up front, when a
-//!   batch was too big to list, or when it fell behind.
+//!   a position. The sequencer's `tandem_sequenced` notifications list the
+//!   events it numbered, so a waiter that subscribed before its commit
+//!   learns its position from them; it asks the database only when it fell
+//!   behind or nothing came for a while.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,7 +37,17 @@ const BATCH_BACKLOG: usize = 4096;
 pub struct AppendNotifier {
     pending: Arc<AtomicBool>,
     wake: Arc<Notify>,
-    local: Arc<Notify>,
+    local: LocalSequencer,
+}
+
+/// The link between this process's appends and its own sequencer.
+#[derive(Clone, Default)]
+pub struct LocalSequencer {
+    /// Notified on every append in this process.
+    pub wake: Arc<Notify>,
+    /// Set while the in-process sequencer leads: then nobody else needs a
+    /// NOTIFY, and the round trip is saved.
+    pub leading: Arc<AtomicBool>,
 }
 
 impl AppendNotifier {
@@ -46,13 +56,15 @@ impl AppendNotifier {
         let notifier = Self {
             pending: Arc::new(AtomicBool::new(false)),
             wake: Arc::new(Notify::new()),
-            local: Arc::new(Notify::new()),
+            local: LocalSequencer::default(),
         };
         let task = notifier.clone();
         tokio::spawn(async move {
             loop {
                 task.wake.notified().await;
-                if !task.pending.swap(false, Ordering::AcqRel) {
+                if !task.pending.swap(false, Ordering::AcqRel)
+                    || task.local.leading.load(Ordering::Acquire)
+                {
                     continue;
                 }
                 let sent = sqlx::query("SELECT pg_notify($1, '')")
@@ -69,68 +81,60 @@ impl AppendNotifier {
     }
 
     pub fn poke(&self) {
-        self.local.notify_one();
+        self.local.wake.notify_one();
         self.pending.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
-    /// Notified on every append in this process; an in-process sequencer
-    /// waits on it to save the NOTIFY round trip.
-    pub fn local_wake(&self) -> Arc<Notify> {
+    /// For an in-process sequencer: woken directly on every append.
+    pub fn local(&self) -> LocalSequencer {
         self.local.clone()
     }
 }
 
-/// What one sequencing step assigned, as its notification says.
+/// Part of what one sequencing step assigned, as its notification says:
+/// consecutive positions from `first`, for these events in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sequenced {
     pub first: i64,
-    pub last: i64,
-    /// The events' `global_id`s in position order, when the batch was
-    /// small enough to list.
-    pub global_ids: Option<Vec<i64>>,
+    /// `(aggregate_id, sequence)` of each event, in position order.
+    pub events: Vec<(String, u64)>,
 }
 
 impl Sequenced {
     pub fn parse(payload: &str) -> Option<Self> {
-        let mut parts = payload.split(' ');
-        let first = parts.next()?.parse().ok()?;
-        let last = parts.next()?.parse().ok()?;
-        let global_ids = match parts.next() {
-            Some(ids) => Some(
-                ids.split(',')
-                    .map(str::parse)
-                    .collect::<Result<Vec<i64>, _>>()
-                    .ok()?,
-            ),
-            None => None,
-        };
+        let (first, entries) = payload.split_once(' ')?;
+        let events = entries
+            .split(',')
+            .map(|entry| {
+                let (id, sequence) = entry.rsplit_once('/')?;
+                Some((id.to_owned(), sequence.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()?;
         Some(Self {
-            first,
-            last,
-            global_ids,
+            first: first.parse().ok()?,
+            events,
         })
     }
 
-    /// The position of event `global_id`: listed ids are in position order.
-    pub fn position_of(&self, global_id: i64) -> Option<i64> {
-        let ids = self.global_ids.as_ref()?;
-        let index = ids.binary_search(&global_id).ok()?;
+    pub fn position_of(&self, aggregate_id: &str, sequence: u64) -> Option<i64> {
+        let index = self
+            .events
+            .iter()
+            .position(|(id, seq)| *seq == sequence && id == aggregate_id)?;
         Some(self.first + index as i64)
     }
 }
+
+/// Taken before a command commits, so no notification about its events can
+/// slip by between the commit and the wait.
+pub struct Subscription(broadcast::Receiver<Arc<Sequenced>>);
 
 #[derive(Clone)]
 pub struct PositionWaiter {
     pool: PgPool,
     batches: broadcast::Sender<Arc<Sequenced>>,
     timeout: Duration,
-}
-
-enum Lookup {
-    Sequenced(i64),
-    Pending(i64),
-    Missing,
 }
 
 impl PositionWaiter {
@@ -167,74 +171,65 @@ impl PositionWaiter {
         })
     }
 
+    pub fn subscribe(&self) -> Subscription {
+        Subscription(self.batches.subscribe())
+    }
+
     async fn lookup(
-        &self,
-        aggregate_type: &str,
-        id: &str,
-        sequence: u64,
-    ) -> Result<Lookup, sqlx::Error> {
-        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT e.global_id, l.position FROM events e LEFT JOIN event_log l ON l.global_id = e.global_id
-             WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence = $3",
-        )
-        .bind(aggregate_type)
-        .bind(id)
-        .bind(sequence as i64)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some((_, Some(position))) => Lookup::Sequenced(position),
-            Some((global_id, None)) => Lookup::Pending(global_id),
-            None => Lookup::Missing,
-        })
-    }
-
-    async fn position_by_id(&self, global_id: i64) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar("SELECT position FROM event_log WHERE global_id = $1")
-            .bind(global_id)
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    /// The log position of event `sequence` of the aggregate, waiting up to
-    /// the configured bound for the sequencer; `None` when it did not come.
-    pub async fn wait_for(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
         sequence: u64,
     ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
+             WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence = $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence as i64)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// The log position of event `sequence` of the aggregate, waiting up to
+    /// the configured bound for the sequencer; `None` when it did not come.
+    /// `recorded_earlier`: the event was not appended under `subscription`
+    /// (a command that changed nothing), so ask the database first.
+    pub async fn wait_for(
+        &self,
+        subscription: Subscription,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        recorded_earlier: bool,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let Subscription(mut batches) = subscription;
         let deadline = Instant::now() + self.timeout;
-        // Subscribe before looking, so no batch slips between the two.
-        let mut batches = self.batches.subscribe();
-        let global_id = match self.lookup(aggregate_type, aggregate_id, sequence).await? {
-            Lookup::Sequenced(position) => return Ok(Some(position)),
-            Lookup::Pending(global_id) => global_id,
-            Lookup::Missing => return Ok(None),
-        };
+        if recorded_earlier {
+            if let Some(position) = self.lookup(aggregate_type, aggregate_id, sequence).await? {
+                return Ok(Some(position));
+            }
+        }
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
             let nap = (deadline - now).min(FALLBACK_POLL);
-            let recheck = match tokio::time::timeout(nap, batches.recv()).await {
-                Ok(Ok(batch)) => match batch.position_of(global_id) {
-                    Some(position) => return Ok(Some(position)),
-                    // Unlisted big batch: it may hold ours.
-                    None => batch.global_ids.is_none(),
-                },
-                Ok(Err(RecvError::Lagged(_))) => true,
-                Ok(Err(RecvError::Closed)) => {
-                    tokio::time::sleep(nap).await;
-                    true
+            match tokio::time::timeout(nap, batches.recv()).await {
+                Ok(Ok(batch)) => {
+                    if let Some(position) = batch.position_of(aggregate_id, sequence) {
+                        return Ok(Some(position));
+                    }
+                    continue;
                 }
-                Err(_) => true,
-            };
-            if recheck {
-                if let Some(position) = self.position_by_id(global_id).await? {
-                    return Ok(Some(position));
-                }
+                Ok(Err(RecvError::Closed)) => tokio::time::sleep(nap).await,
+                // Fell behind, or nothing came: ask the database.
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+            }
+            if let Some(position) = self.lookup(aggregate_type, aggregate_id, sequence).await? {
+                return Ok(Some(position));
             }
         }
     }
@@ -245,19 +240,18 @@ mod tests {
     use super::Sequenced;
 
     #[test]
-    fn notifications_list_positions_in_global_id_order() {
-        let s = Sequenced::parse("11 13 40,41,57").unwrap();
-        assert_eq!((s.first, s.last), (11, 13));
-        assert_eq!(s.position_of(40), Some(11));
-        assert_eq!(s.position_of(57), Some(13));
-        assert_eq!(s.position_of(42), None);
+    fn notifications_list_events_in_position_order() {
+        let id = "0190f2a4-8c1e-7c3b-9a55-1f2e3d4c5b6a";
+        let s = Sequenced::parse(&format!("11 {id}/1,other/7,{id}/2")).unwrap();
+        assert_eq!(s.position_of(id, 1), Some(11));
+        assert_eq!(s.position_of("other", 7), Some(12));
+        assert_eq!(s.position_of(id, 2), Some(13));
+        assert_eq!(s.position_of(id, 3), None);
     }
 
     #[test]
-    fn big_batches_name_only_their_range() {
-        let s = Sequenced::parse("1 5000").unwrap();
-        assert_eq!(s.global_ids, None);
-        assert_eq!(s.position_of(1), None);
+    fn unreadable_notifications_are_refused() {
         assert!(Sequenced::parse("garbage").is_none());
+        assert!(Sequenced::parse("5 id-without-sequence").is_none());
     }
 }

@@ -20,14 +20,13 @@
 //! `NOTIFY tandem_appended` and polls as a fallback.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::Notify;
 
-use crate::positions::APPENDED_CHANNEL;
+use crate::positions::{LocalSequencer, APPENDED_CHANNEL};
 
 /// Advisory-lock key of the sequencer leader ("tandem" + 1).
 pub const LEADER_LOCK_KEY: i64 = 0x7461_6e64_656d_0001;
@@ -56,7 +55,7 @@ pub struct Sequencer {
     pool: PgPool,
     config: SequencerConfig,
     /// Appends in this process wake us directly, without a NOTIFY trip.
-    local_wake: Option<Arc<Notify>>,
+    local: Option<LocalSequencer>,
 }
 
 /// The result of one step.
@@ -71,13 +70,19 @@ impl Sequencer {
         Self {
             pool,
             config,
-            local_wake: None,
+            local: None,
         }
     }
 
-    pub fn with_local_wake(mut self, wake: Arc<Notify>) -> Self {
-        self.local_wake = Some(wake);
+    pub fn with_local(mut self, local: LocalSequencer) -> Self {
+        self.local = Some(local);
         self
+    }
+
+    fn set_leading(&self, leading: bool) {
+        if let Some(local) = &self.local {
+            local.leading.store(leading, Ordering::Release);
+        }
     }
 
     /// Sequences until `shutdown` resolves; survives database restarts by
@@ -86,6 +91,7 @@ impl Sequencer {
         let work = async {
             loop {
                 let Err(e) = self.lead().await;
+                self.set_leading(false);
                 tracing::warn!(error = %e, "sequencer lost its connection; retrying");
                 tokio::time::sleep(self.config.standby_interval).await;
             }
@@ -94,6 +100,7 @@ impl Sequencer {
             () = work => {}
             () = shutdown => tracing::info!("sequencer stopped"),
         }
+        self.set_leading(false);
     }
 
     /// One sequencing step on `conn`; exposed for tools and tests.
@@ -124,9 +131,10 @@ impl Sequencer {
             }
             tokio::time::sleep(self.config.standby_interval).await;
         }
-        tracing::info!("sequencer is leading");
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(APPENDED_CHANNEL).await?;
+        tracing::info!("sequencer is leading");
+        self.set_leading(true);
         loop {
             let step = Self::step(&mut conn, self.config.batch_size).await?;
             if step.assigned > 0 {
@@ -138,8 +146,8 @@ impl Sequencer {
                 continue;
             }
             let local = async {
-                match &self.local_wake {
-                    Some(wake) => wake.notified().await,
+                match &self.local {
+                    Some(local) => local.wake.notified().await,
                     None => std::future::pending().await,
                 }
             };

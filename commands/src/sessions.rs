@@ -107,7 +107,7 @@ impl Sessions {
         };
         let recorded = self
             .bus
-            .execute::<Session>(&session.to_string(), command, &ctx.with_actor(user), None)
+            .execute_new::<Session>(&session.to_string(), command, &ctx.with_actor(user))
             .await;
         if let Err(e) = recorded {
             // No event, no session: a login the log doesn't know must not work.

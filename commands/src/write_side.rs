@@ -65,8 +65,9 @@ impl WriteSide {
         })
     }
 
-    /// Notified on every append by this process, for an in-process sequencer.
-    pub fn appended(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.notifier.local_wake()
+    /// The link an in-process sequencer needs to be woken by this
+    /// process's appends.
+    pub fn local_sequencer(&self) -> crate::positions::LocalSequencer {
+        self.notifier.local()
     }
 }

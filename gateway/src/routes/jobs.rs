@@ -152,8 +152,17 @@ async fn submit_job(
         timeout_ms: parts.timeout_ms,
         max_attempts: parts.max_attempts,
     };
-    let reply = job_command(&state, &caller, job.0, command, JobStatus::Queued, None).await?;
-    Ok(reply.located(format!("/api/v1/jobs/{job}")))
+    let committed = state
+        .write
+        .bus
+        .execute_new::<Job>(&job.to_string(), command, &caller.ctx())
+        .await?;
+    let body = JobAccepted {
+        id: job.0,
+        status: JobStatus::Queued,
+        position: committed.position,
+    };
+    Ok(Reply::new(StatusCode::ACCEPTED, body, &committed).located(format!("/api/v1/jobs/{job}")))
 }
 
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",

@@ -78,7 +78,7 @@ async fn create_project(
     let committed = state
         .write
         .bus
-        .execute::<Project>(&id.to_string(), command, &caller.ctx(), None)
+        .execute_new::<Project>(&id.to_string(), command, &caller.ctx())
         .await?;
     let body = ProjectCreated {
         id: id.0,
