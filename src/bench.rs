@@ -104,6 +104,9 @@ pub struct LoginStormArgs {
     /// Keep the bench database afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Argon2 hashing threads (default: as `tandem up`).
+    #[arg(long, env = "TANDEM_HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
 }
 
 pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
@@ -248,6 +251,7 @@ impl Running {
         db: &BenchDatabase,
         pool_size: u32,
         http_connections: usize,
+        write: WriteSideConfig,
     ) -> anyhow::Result<Self> {
         let endpoints = Endpoints {
             database_url: db.url.clone(),
@@ -262,7 +266,7 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let options = StackOptions {
             gateway: bench_gateway_config(),
-            write: WriteSideConfig::default(),
+            write,
             sequencer: Some(SequencerConfig::default()),
         };
         let stack = Stack::start(connections, listener, options).await?;
@@ -270,14 +274,10 @@ impl Running {
         Ok(Self { stack, api })
     }
 
-    /// Stops the roles, then closes the pool so its idle connections do not
-    /// count against the server's `max_connections` during pgbench. The
-    /// write side's position listener is not stopped by the stack and keeps
-    /// one connection, so the close is not waited for forever.
+    /// Stops the roles and closes the pool, so its connections do not
+    /// count against the server's `max_connections` during pgbench.
     async fn stop(self) {
-        let pool = self.stack.pool.clone();
         self.stack.stop().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
     }
 }
 
@@ -503,7 +503,9 @@ async fn commands_on(
     db: &BenchDatabase,
 ) -> anyhow::Result<()> {
     let pool_size = args.pool_size.unwrap_or(args.concurrency + 16);
-    let running = Running::start(common, db, pool_size, args.concurrency as usize * 2).await?;
+    let write = WriteSideConfig::default();
+    let running =
+        Running::start(common, db, pool_size, args.concurrency as usize * 2, write).await?;
     eprintln!(
         "bench: stack on {}, setting up {} users...",
         running.stack.addr, args.concurrency
@@ -890,7 +892,11 @@ async fn login_storm_on(
     db: &BenchDatabase,
 ) -> anyhow::Result<()> {
     let loops = args.background_concurrency + args.logins;
-    let running = Running::start(common, db, loops + 16, loops as usize * 2).await?;
+    let mut write = WriteSideConfig::default();
+    if let Some(n) = args.hash_concurrency {
+        write.hash_concurrency = n.max(1);
+    }
+    let running = Running::start(common, db, loops + 16, loops as usize * 2, write).await?;
     let api = &running.api;
     eprintln!(
         "bench: stack on {}, setting up {loops} users...",
