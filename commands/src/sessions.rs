@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tandem_domain::session::{Session, SessionCommand, SessionError};
 use tandem_domain::{SessionId, UserId};
 
-use crate::bus::{CommandBus, CommandContext, CommandError};
+use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
 
 /// A freshly issued refresh token.
 #[derive(Clone, Debug)]
@@ -27,6 +27,9 @@ pub struct IssuedRefresh {
     /// The opaque token; only its hash is kept.
     pub token: String,
     pub expires_at: DateTime<Utc>,
+    /// Log position of the session's latest event (`UserLoggedIn` for a
+    /// new session); `None` for a rotation, which records nothing.
+    pub position: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,16 +112,20 @@ impl Sessions {
             .bus
             .execute_new::<Session>(&session.to_string(), command, &ctx.with_actor(user))
             .await;
-        if let Err(e) = recorded {
-            // No event, no session: a login the log doesn't know must not work.
-            self.revoke(session, "login_not_recorded").await?;
-            return Err(e.into());
-        }
+        let committed = match recorded {
+            Ok(committed) => committed,
+            Err(e) => {
+                // No event, no session: a login the log doesn't know must not work.
+                self.revoke(session, "login_not_recorded").await?;
+                return Err(e.into());
+            }
+        };
         Ok(IssuedRefresh {
             session_id: session,
             user_id: user,
             token,
             expires_at,
+            position: committed.position,
         })
     }
 
@@ -160,6 +167,7 @@ impl Sessions {
             user_id: UserId(user),
             token: next,
             expires_at,
+            position: None,
         })
     }
 
@@ -209,7 +217,7 @@ impl Sessions {
         ctx: &CommandContext,
         actor: UserId,
         token: &str,
-    ) -> Result<SessionId, SessionStoreError> {
+    ) -> Result<(SessionId, Committed), SessionStoreError> {
         let owner: Option<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
             "SELECT rt.session_id, s.user_id
                FROM refresh_tokens rt JOIN sessions s ON s.session_id = rt.session_id
@@ -223,7 +231,8 @@ impl Sessions {
         };
         let session = SessionId(session);
         self.revoke(session, "logout").await?;
-        self.bus
+        let committed = self
+            .bus
             .execute::<Session>(
                 &session.to_string(),
                 SessionCommand::RecordLogout { actor },
@@ -231,7 +240,7 @@ impl Sessions {
                 None,
             )
             .await?;
-        Ok(session)
+        Ok((session, committed))
     }
 
     /// True if this call revoked it (it was live before).

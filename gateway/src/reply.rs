@@ -56,16 +56,20 @@ pub fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
 }
 
+/// Adds `Tandem-Position` when the events were sequenced in time.
+pub fn set_position(response: &mut Response, position: Option<i64>) {
+    if let Some(p) = position {
+        response
+            .headers_mut()
+            .insert(POSITION_HEADER, HeaderValue::from(p));
+    }
+}
+
 impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body)).into_response();
+        set_position(&mut response, self.position);
         let headers = response.headers_mut();
-        if let Some(p) = self.position {
-            headers.insert(
-                POSITION_HEADER,
-                HeaderValue::from_str(&p.to_string()).expect("digits"),
-            );
-        }
         if let Some(v) = self.version {
             headers.insert(ETAG, etag(v));
         }

@@ -1069,3 +1069,48 @@ async fn a_session_cannot_be_refreshed_past_its_lifetime() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     problem(refresh(&app, &next).await, 401, "invalid_refresh_token").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_logout_answer_with_the_positions_of_their_events() {
+    let app = spawn_app().await;
+    let email = format!("p{}@example.com", uuid::Uuid::new_v4().simple());
+    assert_eq!(app.register(&email).await.status(), 201);
+    let login = app.login(&email, PASSWORD).await;
+    let header: i64 = login.headers()["tandem-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tokens = body(login).await;
+    assert_eq!(tokens["position"], header);
+    let logged_in: i64 = sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l USING (global_id)
+          WHERE e.event_type = 'UserLoggedIn'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged_in, header);
+
+    let logout = app
+        .request(reqwest::Method::POST, "/auth/logout")
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .json(&serde_json::json!({"refresh_token": tokens["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let header: i64 = logout.headers()["tandem-position"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let logged_out: i64 = sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l USING (global_id)
+          WHERE e.event_type = 'UserLoggedOut'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged_out, header);
+}

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use crate::auth::jwt::now_secs;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, Fields, RequestMeta};
 use crate::rejections::invalid_credentials;
-use crate::reply::Reply;
+use crate::reply::{set_position, Reply};
 use crate::state::AppState;
 
 /// Longest password we even try to verify; longer ones cannot be ours.
@@ -122,16 +122,23 @@ pub struct TokenPair {
     token_type: &'static str,
     /// Seconds until the access token expires.
     expires_in: u64,
+    /// Log position of `UserLoggedIn` (login only; `null` when refreshing,
+    /// which records no event, or when not sequenced in time).
+    position: Option<i64>,
 }
 
-fn pair(state: &AppState, issued: tandem_commands::sessions::IssuedRefresh) -> Json<TokenPair> {
+fn pair(state: &AppState, issued: tandem_commands::sessions::IssuedRefresh) -> Response {
     let access = state.jwt.issue(issued.user_id, issued.session_id);
-    Json(TokenPair {
+    let mut response = Json(TokenPair {
         access_token: access.token,
         refresh_token: issued.token,
         token_type: "Bearer",
         expires_in: access.expires_in,
+        position: issued.position,
     })
+    .into_response();
+    set_position(&mut response, issued.position);
+    response
 }
 
 #[utoipa::path(post, path = "/auth/login", tag = "auth",
@@ -203,15 +210,16 @@ async fn refresh(
     request_body = RefreshRequest,
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "The session's refresh tokens and the presented access token are revoked"),
+        (status = 204, description = "The session's refresh tokens and the presented access token are revoked; \
+            `Tandem-Position` names `UserLoggedOut`"),
         (status = 401, body = Problem),
     ))]
 async fn logout(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<RefreshRequest>,
-) -> Result<StatusCode, ApiError> {
-    let session = state
+) -> Result<Response, ApiError> {
+    let (session, committed) = state
         .write
         .sessions
         .end(&caller.ctx(), caller.user, &body.refresh_token)
@@ -220,7 +228,9 @@ async fn logout(
     state.redis.deny_token(&caller.token.jti, remaining).await?;
     let ttl = state.config.jwt.access_ttl.as_secs();
     state.redis.deny_session(&session.to_string(), ttl).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    set_position(&mut response, committed.position);
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/me", tag = "auth",
