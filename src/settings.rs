@@ -210,3 +210,26 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_run_generates_its_jwt_secret_once_and_keeps_it_private() {
+        let dir = std::env::temp_dir().join(format!("tandem-secret-{}", uuid::Uuid::new_v4()));
+        let first = local_secret(&dir).unwrap();
+        assert_eq!(first.len(), 64, "256 bits, hex");
+        assert_eq!(local_secret(&dir).unwrap(), first, "a second run reuses it");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("jwt-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
