@@ -9,6 +9,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 const RETENTION_HOURS: f64 = 24.0;
+/// A claim still unanswered after this long lost its request (the process
+/// died mid-way); a retry may take it over.
+const ABANDONED_AFTER_SECS: f64 = 60.0;
 const POLL: Duration = Duration::from_millis(20);
 
 /// The answer to replay.
@@ -19,8 +22,9 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
-/// A stored key: request hash, and the answer once there is one.
-type Record = (Vec<u8>, Option<i16>, Option<Value>, Option<Vec<u8>>);
+/// A stored key: request hash, the answer once there is one, and whether
+/// an unanswered claim is old enough to count as abandoned.
+type Record = (Vec<u8>, Option<i16>, Option<Value>, Option<Vec<u8>>, bool);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -78,18 +82,20 @@ impl IdempotencyStore {
                 return Ok(Claim::Fresh);
             }
             let row: Option<Record> = sqlx::query_as(
-                "SELECT request_hash, status, headers, body FROM idempotency_keys
-                  WHERE scope = $1 AND key = $2",
+                "SELECT request_hash, status, headers, body,
+                        created_at < now() - make_interval(secs => $3)
+                   FROM idempotency_keys WHERE scope = $1 AND key = $2",
             )
             .bind(scope)
             .bind(key)
+            .bind(ABANDONED_AFTER_SECS)
             .fetch_optional(&self.pool)
             .await?;
             match row {
                 // Released between our insert and our read: try again.
                 None => continue,
-                Some((hash, _, _, _)) if hash != request_hash => return Ok(Claim::Mismatch),
-                Some((_, Some(status), headers, body)) => {
+                Some((hash, ..)) if hash != request_hash => return Ok(Claim::Mismatch),
+                Some((_, Some(status), headers, body, _)) => {
                     return Ok(Claim::Replay(StoredResponse {
                         status: status as u16,
                         headers: headers
@@ -98,7 +104,10 @@ impl IdempotencyStore {
                         body: body.unwrap_or_default(),
                     }))
                 }
-                Some((_, None, _, _)) => {
+                Some((_, None, _, _, true)) => {
+                    self.release(scope, key).await?;
+                }
+                Some((_, None, _, _, false)) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Ok(Claim::InFlight);
                     }

@@ -12,6 +12,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, put};
 use axum::Router;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -83,6 +84,17 @@ fn cors(state: &AppState) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
+/// A panic in a handler is a bug: log it, answer an opaque problem.
+fn panicked(cause: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = cause
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| cause.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    let error = std::io::Error::other(format!("handler panicked: {message}"));
+    axum::response::IntoResponse::into_response(ApiError::internal(&error))
+}
+
 async fn no_route() -> ApiError {
     ApiError::not_found("resource")
 }
@@ -116,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .layer(cors(&state))
         .layer(PropagateRequestIdLayer::new(HeaderName::from_static(

@@ -247,3 +247,30 @@ async fn every_event_carries_its_metadata_id_time_and_project() {
     assert_eq!(created["causation_id"], request_id.as_str());
     assert_eq!(created["actor_id"], owner.id.to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_claim_abandoned_by_a_dead_request_can_be_taken_over() {
+    let app = spawn_app().await;
+    let store = IdempotencyStore::new(app.pool.clone());
+    let first = store
+        .claim("user:y", "k", b"req", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first, Claim::Fresh);
+    // Still running a moment later: a retry is told so.
+    let retry = store
+        .claim("user:y", "k", b"req", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(retry, Claim::InFlight);
+    // Its process died: two minutes on, nobody will answer it.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '2 minutes'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let later = store
+        .claim("user:y", "k", b"req", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(later, Claim::Fresh);
+}
