@@ -1,0 +1,222 @@
+//! The stack under test and talking to it: the in-process stack, the HTTP
+//! client, and the untimed setup of users, projects and workspaces.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use rand::RngCore;
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::{json, Value};
+use tandem_commands::db::PoolConfig;
+use tandem_commands::sequencer::SequencerConfig;
+use tandem_commands::WriteSideConfig;
+use tandem_gateway::{GatewayConfig, Secret};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use super::database::BenchDatabase;
+use crate::settings::Common;
+use crate::stack::{self, Endpoints, Stack, StackOptions};
+
+/// The gateway's base URL and a client with enough pooled connections for
+/// every concurrent loop (so no request pays for a new TCP connection).
+#[derive(Clone)]
+pub(super) struct Api {
+    base: String,
+    client: Client,
+}
+
+impl Api {
+    fn new(addr: SocketAddr, connections: usize) -> anyhow::Result<Self> {
+        let client = Client::builder()
+            .pool_max_idle_per_host(connections)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            base: format!("http://{addr}/api/v1"),
+            client,
+        })
+    }
+
+    pub(super) fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends a setup request (not measured): anything but 2xx is an error.
+    async fn expect_ok(&self, request: RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("setup request failed with {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
+
+/// A whole stack in this process, as `tandem up` runs it (sequencer on,
+/// default write side), minus the rate limits, which would measure
+/// themselves instead of the command path.
+pub(super) struct Running {
+    pub(super) stack: Stack,
+    pub(super) api: Api,
+}
+
+impl Running {
+    pub(super) async fn start(
+        common: &Common,
+        db: &BenchDatabase,
+        pool_size: u32,
+        http_connections: usize,
+        write: WriteSideConfig,
+    ) -> anyhow::Result<Self> {
+        let endpoints = Endpoints {
+            database_url: db.url.clone(),
+            redis_url: common.redis_url.clone(),
+            nats_url: common.nats_url.clone(),
+            pool: PoolConfig {
+                max_connections: pool_size,
+                acquire_timeout: Duration::from_secs(30),
+            },
+        };
+        let connections = stack::connect(&endpoints).await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let options = StackOptions {
+            gateway: bench_gateway_config(),
+            write,
+            sequencer: Some(SequencerConfig::default()),
+        };
+        let stack = Stack::start(connections, listener, options).await?;
+        let api = Api::new(stack.addr, http_connections)?;
+        Ok(Self { stack, api })
+    }
+
+    /// Stops the roles and closes the pool, so its connections do not
+    /// count against the server's `max_connections` during pgbench.
+    pub(super) async fn stop(self) {
+        self.stack.stop().await;
+    }
+}
+
+/// A random JWT key and a fresh namespace per run, so a bench never shares
+/// keys, Redis state or subjects with a real deployment.
+fn bench_gateway_config() -> GatewayConfig {
+    let mut config = GatewayConfig::with_secret(Secret::new(random_hex().into_bytes()));
+    config.namespace = format!("bench{}", Uuid::new_v4().simple());
+    config.rate_limits.auth_per_ip = 1_000_000;
+    config.rate_limits.login_per_account = 1_000_000;
+    config.rate_limits.api_per_user = 1_000_000;
+    config
+}
+
+/// 256 random bits as hex: the JWT key, and the bench users' password.
+pub(super) fn random_hex() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// -- setup: users, projects, workspaces (not timed) -------------------------
+
+/// Argon2 runs behind a small semaphore anyway; more setup requests in
+/// flight would only queue.
+const SETUP_PARALLELISM: usize = 8;
+
+/// Registers `count` users with one password; returns their emails.
+pub(super) async fn register_users(
+    api: &Api,
+    count: u32,
+    password: &str,
+) -> anyhow::Result<Vec<String>> {
+    let run = Uuid::new_v4().simple().to_string();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let email = format!("bench{i}-{run}@example.com");
+            let body = json!({"email": email, "password": password, "display_name": "Bench"});
+            async move {
+                api.expect_ok(
+                    api.request(Method::POST, "/auth/register", None)
+                        .json(&body),
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(email)
+            }
+        })
+        .buffered(SETUP_PARALLELISM)
+        .try_collect()
+        .await
+}
+
+/// Logs every user in; returns their access tokens.
+async fn log_in_all(api: &Api, emails: &[String], password: &str) -> anyhow::Result<Vec<String>> {
+    futures::stream::iter(emails)
+        .map(|email| async move {
+            let body = json!({"email": email, "password": password});
+            let tokens = api
+                .expect_ok(api.request(Method::POST, "/auth/login", None).json(&body))
+                .await?;
+            let access = tokens["access_token"].as_str().context("no access_token")?;
+            Ok::<_, anyhow::Error>(access.to_owned())
+        })
+        .buffered(SETUP_PARALLELISM)
+        .try_collect()
+        .await
+}
+
+/// `count` logged-in users.
+pub(super) async fn tokens(api: &Api, count: u32) -> anyhow::Result<Vec<String>> {
+    let password = random_hex();
+    let emails = register_users(api, count, &password).await?;
+    log_in_all(api, &emails, &password).await
+}
+
+/// A logged-in user with a workspace of its own to write files into.
+pub(super) struct Actor {
+    pub(super) token: String,
+    pub(super) workspace: String,
+}
+
+async fn actor(api: &Api, token: String) -> anyhow::Result<Actor> {
+    let project = api
+        .expect_ok(
+            api.request(Method::POST, "/projects", Some(&token))
+                .json(&json!({"name": "Bench"})),
+        )
+        .await?;
+    let project = project["id"].as_str().context("project without id")?;
+    let workspace = api
+        .expect_ok(
+            api.request(
+                Method::POST,
+                &format!("/projects/{project}/workspaces"),
+                Some(&token),
+            )
+            .json(&json!({"name": "bench"})),
+        )
+        .await?;
+    let workspace = workspace["id"].as_str().context("workspace without id")?;
+    Ok(Actor {
+        workspace: workspace.to_owned(),
+        token,
+    })
+}
+
+pub(super) async fn actors(api: &Api, count: u32) -> anyhow::Result<Vec<Actor>> {
+    let tokens = tokens(api, count).await?;
+    futures::stream::iter(tokens)
+        .map(|token| actor(api, token))
+        .buffered(SETUP_PARALLELISM)
+        .try_collect()
+        .await
+}

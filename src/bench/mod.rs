@@ -1,0 +1,56 @@
+//! `tandem bench`: benchmark drivers. They are measurements, not tests:
+//! once a run finished they print their figures, the goals and PASS/MISS,
+//! and exit 0 either way.
+//!
+//! This module owns everything a run needs: a dedicated bench database
+//! (dropped, created and migrated on the server of `DATABASE_URL`, dropped
+//! again at the end unless `--keep`), a whole stack started in-process on
+//! 127.0.0.1:0 with a fresh Redis/NATS namespace and rate limits out of
+//! the way, the HTTP load loops, the pgbench baseline, and the summaries.
+//!
+//! Run them from a release build, with Postgres, Redis and NATS reachable
+//! at `DATABASE_URL`, `REDIS_URL` and `NATS_URL` (local defaults otherwise):
+//!
+//! ```text
+//! cargo build --release --bin tandem
+//! target/release/tandem bench commands [--concurrency 64] [--duration-secs 10] [--warmup-secs 2]
+//! target/release/tandem bench login-storm [--logins 32] [--background-concurrency 8] [--duration-secs 10]
+//! ```
+//!
+//! - `commands`: `concurrency` users alternate `POST /projects` and
+//!   `PUT /workspaces/{id}/files/f{n}.txt` over real HTTP; then, with the
+//!   stack stopped, pgbench runs single-row inserts into the same Postgres
+//!   at the same concurrency. Goals: a command rate of at least 50 % of
+//!   pgbench's, and p99 under 20 ms at concurrency 64.
+//! - `login-storm`: a steady background of `POST /projects` is measured
+//!   alone, then while waves of concurrent logins keep Argon2 busy. Goal:
+//!   the background p99 during the storm at most twice the baseline's.
+
+mod commands;
+mod database;
+mod harness;
+mod login_storm;
+mod measure;
+mod pgbench;
+
+use clap::Subcommand;
+
+use crate::settings::Common;
+
+pub use commands::CommandsArgs;
+pub use login_storm::LoginStormArgs;
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Which {
+    /// The command path vs pgbench single-row inserts, same Postgres, same concurrency.
+    Commands(CommandsArgs),
+    /// Latency of ordinary requests while concurrent logins keep Argon2 busy.
+    LoginStorm(LoginStormArgs),
+}
+
+pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
+    match which {
+        Which::Commands(args) => commands::commands(common, args).await,
+        Which::LoginStorm(args) => login_storm::login_storm(common, args).await,
+    }
+}
