@@ -131,10 +131,7 @@ impl ApiError {
             format!("If-Match does not match the current version {current}"),
         )
         .with("current_version", current)
-        .with_header(
-            axum::http::header::ETAG,
-            HeaderValue::from_str(&format!("\"{current}\"")).expect("digits are a valid header"),
-        )
+        .with_header(axum::http::header::ETAG, crate::reply::etag(current))
     }
 
     pub fn too_large() -> Self {

@@ -52,10 +52,9 @@ impl Verdict {
     }
 
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let num = |n: u64| HeaderValue::from_str(&n.to_string()).expect("digits");
-        headers.insert("ratelimit-limit", num(self.limit.into()));
-        headers.insert("ratelimit-remaining", num(self.remaining.into()));
-        headers.insert("ratelimit-reset", num(self.reset));
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.reset));
     }
 
     pub fn rejection(&self) -> ApiError {
@@ -66,7 +65,7 @@ impl Verdict {
         )
         .with_header(
             axum::http::header::RETRY_AFTER,
-            HeaderValue::from_str(&self.reset.to_string()).expect("digits"),
+            HeaderValue::from(self.reset),
         );
         let mut headers = HeaderMap::new();
         self.write_headers(&mut headers);
