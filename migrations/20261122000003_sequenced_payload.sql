@@ -8,6 +8,7 @@
 --   flush per idle wake-up.
 -- * The notifications name what was sequenced, in chunks of 100:
 --     "<position of the first> <aggregate_id>/<sequence>,<aggregate_id>/<sequence>,..."
+--   (or just "<position of the first>" if a chunk would not fit a payload)
 --   in position order, so a waiting command computes its own position
 --   without asking the database.
 -- * The queue is vacuumed eagerly: it is all churn.
@@ -77,6 +78,12 @@ BEGIN
     IF n > 0 THEN
         UPDATE sequencer_state s SET last_position = previous + n WHERE s.singleton;
         FOREACH payload IN ARRAY payloads LOOP
+            -- NOTIFY refuses payloads of 8000 bytes or more, and a failing
+            -- step would stop the log; unusually long ids get a bare
+            -- "<first position>" and their waiters ask the database.
+            IF octet_length(payload) >= 7900 THEN
+                payload := split_part(payload, ' ', 1);
+            END IF;
             PERFORM pg_notify('tandem_sequenced', payload);
         END LOOP;
     END IF;

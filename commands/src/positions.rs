@@ -102,8 +102,16 @@ pub struct Sequenced {
 }
 
 impl Sequenced {
+    /// A payload without entries (they did not fit) parses with none:
+    /// see [`Sequenced::is_unlisted`].
     pub fn parse(payload: &str) -> Option<Self> {
-        let (first, entries) = payload.split_once(' ')?;
+        let (first, entries) = payload.split_once(' ').unwrap_or((payload, ""));
+        if entries.is_empty() {
+            return Some(Self {
+                first: first.parse().ok()?,
+                events: Vec::new(),
+            });
+        }
         let events = entries
             .split(',')
             .map(|entry| {
@@ -115,6 +123,11 @@ impl Sequenced {
             first: first.parse().ok()?,
             events,
         })
+    }
+
+    /// The notification did not say which events it covers.
+    pub fn is_unlisted(&self) -> bool {
+        self.events.is_empty()
     }
 
     pub fn position_of(&self, aggregate_id: &str, sequence: u64) -> Option<i64> {
@@ -222,7 +235,9 @@ impl PositionWaiter {
                     if let Some(position) = batch.position_of(aggregate_id, sequence) {
                         return Ok(Some(position));
                     }
-                    continue;
+                    if !batch.is_unlisted() {
+                        continue;
+                    }
                 }
                 Ok(Err(RecvError::Closed)) => tokio::time::sleep(nap).await,
                 // Fell behind, or nothing came: ask the database.
@@ -253,5 +268,12 @@ mod tests {
     fn unreadable_notifications_are_refused() {
         assert!(Sequenced::parse("garbage").is_none());
         assert!(Sequenced::parse("5 id-without-sequence").is_none());
+    }
+
+    #[test]
+    fn a_bare_position_is_an_unlisted_batch() {
+        let s = Sequenced::parse("42").unwrap();
+        assert!(s.is_unlisted());
+        assert_eq!(s.position_of("any", 1), None);
     }
 }

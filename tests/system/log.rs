@@ -368,3 +368,22 @@ async fn a_projects_history_is_one_index_range_in_log_order() {
     let plan = plan.join("\n");
     assert!(plan.contains("event_log_project_idx"), "{plan}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_whose_ids_overflow_a_notification_are_still_sequenced() {
+    let app = spawn_app().await;
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    // Three 3000-byte ids in one batch: their listing cannot fit a NOTIFY
+    // payload, which must not stop the log.
+    let mut tx = conn.begin().await.unwrap();
+    for n in 0..3 {
+        append(&mut tx, &format!("{n}{}", "x".repeat(3000)), 1)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    append(&mut conn, "after", 1).await.unwrap();
+    wait_until_sequenced(&app.pool, 4).await;
+    assert_eq!(assert_gapless(&app.pool).await, 4);
+    assert!(position_of(&app.pool, "after", 1).await.is_some());
+}
