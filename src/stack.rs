@@ -2,6 +2,7 @@
 //! of roles (sequencer, gateway) in one process that stops cleanly.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -53,9 +54,16 @@ pub async fn connect_postgres(endpoints: &Endpoints) -> anyhow::Result<PgPool> {
 
 pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Connections> {
     let pool = connect_postgres(endpoints).await?;
+    // Fail fast while Redis is away: a request must get its 503 (or go
+    // through unlimited) at once, not after a ladder of reconnects.
+    let redis_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200));
     let redis = redis::Client::open(endpoints.redis_url.as_str())
         .context("parsing REDIS_URL")?
-        .get_connection_manager()
+        .get_connection_manager_with_config(redis_config)
         .await
         .context("connecting to Redis")?;
     // NATS may come up after us: keep retrying in the background, and let

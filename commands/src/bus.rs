@@ -108,6 +108,12 @@ impl<E: StdError> CommandError<E> {
             AggregateError::UserError(e) => Self::Rejected(e),
             AggregateError::AggregateConflict => Self::Conflict,
             AggregateError::DatabaseConnectionError(e) => Self::Unavailable(e),
+            AggregateError::UnexpectedError(e)
+                if e.downcast_ref::<sqlx::Error>()
+                    .is_some_and(crate::db::is_unavailable) =>
+            {
+                Self::Unavailable(e)
+            }
             AggregateError::DeserializationError(e) | AggregateError::UnexpectedError(e) => {
                 Self::Internal(e)
             }

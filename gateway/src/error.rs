@@ -197,12 +197,10 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Self::unavailable(&e),
-            other => Self::internal(&other),
+        if tandem_commands::db::is_unavailable(&e) {
+            Self::unavailable(&e)
+        } else {
+            Self::internal(&e)
         }
     }
 }

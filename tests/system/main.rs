@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod errors;
 mod log;
+mod outages;
 mod rbac;
 mod smoke;
 mod write_side;

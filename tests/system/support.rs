@@ -36,7 +36,7 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-fn server_options() -> PgConnectOptions {
+pub fn server_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&database_url())
         .expect("DATABASE_URL parses")
         .database("postgres")
@@ -189,6 +189,8 @@ pub struct Options {
     pub gateway: GatewayConfig,
     pub write: WriteSideConfig,
     pub sequencer: bool,
+    /// Where this app's Redis is (a test may give it one of its own).
+    pub redis_url: String,
 }
 
 pub struct TestApp {
@@ -223,12 +225,13 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
             ..WriteSideConfig::default()
         },
         sequencer: true,
+        redis_url: redis_url(),
     };
     customize(&mut options);
     let db_url = fresh_database().await;
     let endpoints = Endpoints {
         database_url: db_url.clone(),
-        redis_url: redis_url(),
+        redis_url: options.redis_url.clone(),
         nats_url: nats_url(),
         pool: PoolConfig {
             max_connections: 16,
