@@ -19,7 +19,14 @@ pub struct EventStoreDirectory {
     pool: PgPool,
     projects: PersistedEventStore<PostgresEventRepository, Project>,
     files: PersistedEventStore<PostgresEventRepository, File>,
+    /// Workspace → project pointers already read. A pointer never changes
+    /// once written, so remembering it is safe; it only says which project
+    /// to ask, and the asking (the authorization) is never cached.
+    pointers: moka::sync::Cache<WorkspaceId, ProjectId>,
 }
+
+/// Pointers remembered per process; a miss costs one indexed lookup.
+const POINTER_CACHE_ENTRIES: u64 = 100_000;
 
 fn lookup(e: impl std::fmt::Display) -> LookupError {
     LookupError(e.to_string())
@@ -31,6 +38,7 @@ impl EventStoreDirectory {
         Self {
             projects: PersistedEventStore::new_event_store(repo()),
             files: PersistedEventStore::new_event_store(repo()),
+            pointers: moka::sync::Cache::new(POINTER_CACHE_ENTRIES),
             pool,
         }
     }
@@ -57,13 +65,21 @@ impl EventStoreDirectory {
         &self,
         workspace: WorkspaceId,
     ) -> Result<Option<ProjectId>, sqlx::Error> {
+        if let Some(project) = self.pointers.get(&workspace) {
+            return Ok(Some(project));
+        }
         let id: Option<uuid::Uuid> = sqlx::query_scalar(
             "SELECT project_id FROM workspace_directory WHERE workspace_id = $1",
         )
         .bind(workspace.0)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(id.map(ProjectId))
+        // Only hits are remembered: a missing pointer may be written later.
+        let project = id.map(ProjectId);
+        if let Some(project) = project {
+            self.pointers.insert(workspace, project);
+        }
+        Ok(project)
     }
 
     async fn project(&self, id: ProjectId) -> Result<Project, LookupError> {
