@@ -23,9 +23,10 @@ use tandem_domain::session::Session;
 use tandem_domain::user::User;
 use tandem_domain::{ProjectScoped, UserId};
 
+use crate::group_commit::GroupCommitRepository;
 use crate::positions::{AppendNotifier, PositionWaiter};
 
-type PgStore<A> = PersistedEventStore<PostgresEventRepository, A>;
+type PgStore<A> = PersistedEventStore<GroupCommitRepository<A>, A>;
 
 /// Lost optimistic-concurrency races are re-decided on fresh state this many
 /// times before the caller hears `Conflict`. Each retry waits a random
@@ -123,7 +124,7 @@ impl<E: StdError> CommandError<E> {
 
 /// An aggregate the bus can run: where its events live and what services
 /// it gets.
-pub trait Handled: Aggregate + ProjectScoped {
+pub trait Handled: Aggregate + ProjectScoped + 'static {
     fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services);
 }
 
@@ -161,8 +162,10 @@ pub struct CommandBus {
     inner: Arc<Inner>,
 }
 
-fn store<A: Aggregate>(pool: &PgPool) -> PgStore<A> {
-    PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+fn store<A: Aggregate + 'static>(pool: &PgPool) -> PgStore<A> {
+    PersistedEventStore::new_event_store(GroupCommitRepository::new(PostgresEventRepository::new(
+        pool.clone(),
+    )))
 }
 
 impl CommandBus {

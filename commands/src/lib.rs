@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod bus;
 pub mod db;
 pub mod directory;
+pub mod group_commit;
 pub mod idempotency;
 pub mod log;
 pub mod passwords;

@@ -274,3 +274,39 @@ async fn an_idempotency_claim_abandoned_by_a_dead_request_can_be_taken_over() {
         .unwrap();
     assert_eq!(later, Claim::Fresh);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_race_in_a_group_commit_fails_only_its_own_command() {
+    let app = spawn_app().await;
+    let write = write_side(&app).await;
+    let owner = UserId::generate();
+    let contested = new_project(&write, owner).await;
+    // Creations of fresh projects and renames racing for one version, all
+    // at once, so they share batches.
+    let creations = (0..24).map(|_| {
+        let write = write.clone();
+        async move { new_project(&write, owner).await }
+    });
+    let renames = (0..8).map(|n| {
+        let write = write.clone();
+        async move {
+            write
+                .bus
+                .execute::<Project>(
+                    &contested.to_string(),
+                    rename(owner, n),
+                    &ctx(owner),
+                    Some(1),
+                )
+                .await
+                .is_ok()
+        }
+    });
+    let (created, renamed) = tokio::join!(join_all(creations), join_all(renames));
+    assert_eq!(created.len(), 24);
+    assert_eq!(renamed.iter().filter(|ok| **ok).count(), 1, "{renamed:?}");
+    for project in created {
+        assert_eq!(app.events_of(&project.to_string()).await.len(), 1);
+    }
+    assert_eq!(app.events_of(&contested.to_string()).await.len(), 2);
+}
