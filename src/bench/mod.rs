@@ -14,7 +14,7 @@
 //! ```text
 //! cargo build --release --bin tandem
 //! target/release/tandem bench commands [--concurrency 64] [--duration-secs 10] [--warmup-secs 2]
-//! target/release/tandem bench login-storm [--logins 32] [--background-concurrency 8] [--duration-secs 10]
+//! target/release/tandem bench login-storm [--logins 32] [--background-concurrency 8] [--duration-secs 30]
 //! ```
 //!
 //! - `commands`: `concurrency` users alternate `POST /projects` and
