@@ -14,7 +14,9 @@
 //! - [`accounts`], [`passwords`], [`sessions`]: registration with race-free
 //!   email uniqueness, Argon2id off the async runtime, refresh-token families.
 //! - [`idempotency`]: stored answers for `Idempotency-Key` retries.
-//! - [`log`]: reading the sequenced log (for tests, tools and, later, the relay).
+//! - [`log`]: reading the sequenced log in position order.
+//! - [`relay`]: publishes the sequenced log to JetStream, each event once,
+//!   in order, and refills the stream when it lost its tail.
 
 pub mod accounts;
 pub mod bus;
@@ -25,6 +27,7 @@ pub mod idempotency;
 pub mod log;
 pub mod passwords;
 pub mod positions;
+pub mod relay;
 pub mod sequencer;
 pub mod sessions;
 

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
+use tandem_domain::envelope::LogRecord;
 use uuid::Uuid;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -21,13 +22,32 @@ pub struct LoggedEvent {
     pub project_id: Option<Uuid>,
 }
 
+impl LoggedEvent {
+    /// The fields an envelope is built from.
+    pub fn record(&self) -> LogRecord<'_> {
+        LogRecord {
+            position: self.position,
+            event_id: self.event_id,
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &self.metadata,
+            recorded_at: self.recorded_at,
+            project_id: self.project_id,
+        }
+    }
+}
+
 const SELECT: &str = "SELECT l.position, e.event_id, e.aggregate_type, e.aggregate_id, e.sequence,
         e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at, e.project_id
    FROM event_log l JOIN events e ON e.global_id = l.global_id";
 
 /// Up to `limit` events with position > `after`, in position order.
 pub async fn read_after(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<LoggedEvent>, sqlx::Error> {
@@ -36,7 +56,7 @@ pub async fn read_after(
     ))
     .bind(after)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 

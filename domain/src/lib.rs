@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`ids`], [`values`]: newtypes for identifiers and parsed input
 //!   (`Email::parse`, `FilePath::parse`, ...). A value that exists is valid.
+//! - [`envelope`]: the CloudEvents envelope of a sequenced event and the
+//!   NATS names it travels under.
 //! - [`roles`]: project roles and what each may do.
 //! - [`services`]: the facts an aggregate needs from outside its own stream
 //!   (another aggregate's membership, a file's content), behind a trait.
@@ -14,6 +16,7 @@
 //! Event type names, aggregate `TYPE`s and payload field names are stored
 //! forever: they change only through a new event version and an upcaster.
 
+pub mod envelope;
 pub mod ids;
 pub mod roles;
 pub mod services;

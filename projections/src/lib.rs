@@ -1,11 +1,29 @@
-//! The read side (not built yet — the pipeline issue builds it).
+//! The read side: JetStream consumers that turn the sequenced log into
+//! read models, and the read API over them.
 //!
-//! This crate will own the JetStream consumers that turn the sequenced log
-//! into read models: tables in the Postgres schema `read` (projects,
-//! members, workspaces, files, jobs, activity) and hot state in Redis (job
-//! status snapshots, per-project member sets), each update written with
-//! its checkpoint in one transaction so a redelivery never applies twice,
-//! plus `tandem replay` to rebuild a model from position 0.
+//! # Layout
+//! - [`projector`]: the [`Projector`] trait, one event → SQL statements.
+//! - [`models`]: the Postgres read models in schema `read` (users,
+//!   projects + members + workspaces, files + versions, jobs + attempts,
+//!   daily activity), documented for analysts in `docs/analytics.md`.
+//! - [`sql`]: [`sql::SqlBatch`], a batch of statements sent in one round trip.
+//! - [`tables`]: [`TableProjection`], a projector bound to a schema and a
+//!   checkpoint, applying batches with their checkpoint atomically.
+//! - [`consumer`]: the durable JetStream consumer feeding a [`consumer::Sink`].
+//! - [`positions`]: how far the read side has applied the log
+//!   (`?min_position=`, `/readyz` lag).
+//! - [`queries`]: what the gateway's GET endpoints read.
 //!
-//! Until then it exposes nothing: the gateway serves no queries, and no
-//! code may pretend to read a model that does not exist.
+//! Architecture invariant: this crate knows the log only as envelopes and
+//! positions; it never writes the event store and never reads aggregates.
+
+pub mod consumer;
+pub mod models;
+pub mod positions;
+pub mod projector;
+pub mod queries;
+pub mod sql;
+pub mod tables;
+
+pub use projector::Projector;
+pub use tables::TableProjection;

@@ -13,6 +13,17 @@ pub enum Language {
     Bash,
 }
 
+impl Language {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Bash => "bash",
+        }
+    }
+}
+
 /// Where the code to run comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobSource {

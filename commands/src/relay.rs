@@ -1,0 +1,309 @@
+//! The relay: publishes the sequenced log to JetStream, in position order,
+//! each event exactly once.
+//!
+//! Invariant: the events stream holds the log's prefix, position `p` at
+//! stream sequence `p`. Every publish carries `Nats-Expected-Last-Sequence
+//! = p - 1`, so the stream refuses anything out of order (a stale leader, a
+//! gap after a failed publish), and `Nats-Msg-Id` = event id, so a
+//! republished event inside the de-duplication window is acknowledged as a
+//! duplicate instead of stored twice.
+//!
+//! Its checkpoint (last position acknowledged by the stream) lives in
+//! Postgres, written after the acks. After a crash between publish and
+//! checkpoint it resumes from the checkpoint and de-duplication absorbs the
+//! overlap; past the window the stream's `wrong last sequence` answer makes
+//! it re-read the stream's state and skip what is already there. When the
+//! stream lost its tail or was deleted (JetStream is a cache of the log,
+//! not its record) it recreates the stream and publishes again from what
+//! the stream has.
+//!
+//! One relay leads (a session advisory lock); others stand by. It wakes on
+//! the sequencer's `NOTIFY tandem_sequenced` and polls as a fallback.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use tandem_domain::envelope::{BusNames, Envelope};
+
+use crate::log::{self, LoggedEvent};
+use crate::positions::SEQUENCED_CHANNEL;
+
+/// Advisory-lock key of the relay leader ("tandem" + 2).
+pub const RELAY_LOCK_KEY: i64 = 0x7461_6e64_656d_0002;
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Events read and published per round (acks are awaited per round).
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub standby_interval: Duration,
+    /// JetStream's de-duplication window of the events stream.
+    pub duplicate_window: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 512,
+            poll_interval: Duration::from_millis(250),
+            standby_interval: Duration::from_secs(1),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+pub struct Relay {
+    pool: PgPool,
+    js: jetstream::Context,
+    names: BusNames,
+    config: RelayConfig,
+}
+
+/// Why a round stopped before publishing everything it read.
+enum Interrupted {
+    /// The stream disagrees with the checkpoint (gone, truncated, or ahead):
+    /// re-read its state and start over from there.
+    Resync,
+    /// NATS or Postgres failed: back off and retry.
+    Failed(BoxError),
+}
+
+/// Keeps a failure's cause chain for the log without `anyhow` in a library.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl From<sqlx::Error> for Interrupted {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Failed(Box::new(e))
+    }
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        names: BusNames,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            pool,
+            js: jetstream::new(nats),
+            names,
+            config,
+        }
+    }
+
+    /// Relays until `shutdown` resolves, surviving outages of Postgres and
+    /// NATS by retrying with backoff.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let work = async {
+            let mut backoff = self.config.standby_interval;
+            loop {
+                let Err(e) = self.lead().await;
+                tracing::warn!(error = %e, "relay interrupted; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = shutdown => tracing::info!("relay stopped"),
+        }
+    }
+
+    /// The stream's configuration (created when missing).
+    pub fn stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.names.events_stream(),
+            subjects: vec![self.names.events_wildcard()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: self.config.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
+    async fn lead(&self) -> Result<Infallible, BoxError> {
+        let options = self.pool.connect_options();
+        let mut conn = PgConnection::connect_with(&options).await?;
+        loop {
+            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(RELAY_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            if leader {
+                break;
+            }
+            tokio::time::sleep(self.config.standby_interval).await;
+        }
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(SEQUENCED_CHANNEL).await?;
+        tracing::info!(stream = self.names.events_stream(), "relay is leading");
+        loop {
+            let stream_last = self.stream_last_sequence().await?;
+            let mut checkpoint = load_checkpoint(&mut conn, &self.names.events_stream()).await?;
+            if stream_last < checkpoint as u64 {
+                tracing::warn!(
+                    stream_last,
+                    checkpoint,
+                    "the events stream lost its tail; publishing again from the log"
+                );
+                checkpoint = stream_last as i64;
+                save_checkpoint(&mut conn, &self.names.events_stream(), checkpoint).await?;
+            }
+            match self
+                .publish_from(&mut conn, &mut listener, checkpoint)
+                .await
+            {
+                Interrupted::Resync => continue,
+                Interrupted::Failed(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The events stream's last sequence, creating the stream if missing.
+    async fn stream_last_sequence(&self) -> Result<u64, BoxError> {
+        let mut stream = self.js.get_or_create_stream(self.stream_config()).await?;
+        Ok(stream.info().await?.state.last_sequence)
+    }
+
+    /// Publishes everything after `checkpoint`, then waits for more, until
+    /// the stream disagrees or something fails.
+    async fn publish_from(
+        &self,
+        conn: &mut PgConnection,
+        listener: &mut PgListener,
+        mut checkpoint: i64,
+    ) -> Interrupted {
+        let stream = self.names.events_stream();
+        loop {
+            let events = match log::read_after(&mut *conn, checkpoint, self.config.batch_size).await
+            {
+                Ok(events) => events,
+                Err(e) => return e.into(),
+            };
+            if events.is_empty() {
+                tokio::select! {
+                    n = listener.recv() => {
+                        if let Err(e) = n {
+                            return e.into();
+                        }
+                        while listener.next_buffered().is_some() {}
+                    }
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let (acked, interrupted) = self.publish(&events).await;
+            if acked > checkpoint {
+                checkpoint = acked;
+                if let Err(e) = save_checkpoint(&mut *conn, &stream, checkpoint).await {
+                    return e.into();
+                }
+                metrics::gauge!("tandem_relay_position").set(checkpoint as f64);
+            }
+            if let Some(interrupted) = interrupted {
+                return interrupted;
+            }
+        }
+    }
+
+    /// Publishes `events` (consecutive positions), pipelined, and returns
+    /// the last position the stream acknowledged, plus why it stopped early.
+    async fn publish(&self, events: &[LoggedEvent]) -> (i64, Option<Interrupted>) {
+        let max_payload = self.js.client().server_info().max_payload;
+        let mut pending = Vec::with_capacity(events.len());
+        let mut acked = events[0].position - 1;
+        let mut interrupted = None;
+        for event in events {
+            let envelope = Envelope::from_log(&event.record());
+            let subject = self.names.event_subject(&envelope);
+            let payload = encode(envelope, max_payload);
+            let message = PublishMessage::build()
+                .payload(payload.into())
+                .message_id(event.event_id.to_string())
+                .expected_last_sequence((event.position - 1) as u64);
+            match self.js.send_publish(subject, message).await {
+                Ok(ack) => pending.push((event.position, ack)),
+                Err(e) => {
+                    interrupted = Some(Interrupted::Failed(Box::new(e)));
+                    break;
+                }
+            }
+        }
+        for (position, ack) in pending {
+            match ack.await {
+                Ok(ack) if ack.duplicate || ack.sequence == position as u64 => {
+                    if interrupted.is_none() {
+                        acked = position;
+                    }
+                }
+                Ok(ack) => {
+                    tracing::warn!(
+                        position,
+                        stream_sequence = ack.sequence,
+                        "stream out of step with the log"
+                    );
+                    interrupted.get_or_insert(Interrupted::Resync);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::WrongLastSequence | PublishErrorKind::StreamNotFound
+                    ) =>
+                {
+                    tracing::info!(position, error = %e, "the events stream changed; re-reading it");
+                    interrupted.get_or_insert(Interrupted::Resync);
+                }
+                Err(e) => {
+                    interrupted.get_or_insert(Interrupted::Failed(Box::new(e)));
+                }
+            }
+        }
+        metrics::counter!("tandem_relay_published_total")
+            .increment((acked - (events[0].position - 1)).max(0) as u64);
+        (acked, interrupted)
+    }
+}
+
+/// The envelope as JSON; without its payload when it would not fit one
+/// NATS message (headers and subject take a little of the limit).
+fn encode(envelope: Envelope, max_payload: usize) -> Vec<u8> {
+    const HEADROOM: usize = 1024;
+    let json = serde_json::to_vec(&envelope).expect("envelopes serialize");
+    if json.len() + HEADROOM <= max_payload {
+        return json;
+    }
+    serde_json::to_vec(&envelope.without_data()).expect("envelopes serialize")
+}
+
+pub async fn load_checkpoint(conn: &mut PgConnection, stream: &str) -> Result<i64, sqlx::Error> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM relay_checkpoints WHERE stream = $1")
+            .bind(stream)
+            .fetch_optional(conn)
+            .await?;
+    Ok(position.unwrap_or(0))
+}
+
+async fn save_checkpoint(
+    conn: &mut PgConnection,
+    stream: &str,
+    position: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO relay_checkpoints (stream, position, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+    )
+    .bind(stream)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! [`Projector`]: how one read model turns events into SQL statements.
+//!
+//! A projector is pure: it sees one event at a time, in log order, and
+//! adds statements to a [`SqlBatch`]; the runner owns transactions,
+//! checkpoints and delivery. Statements name tables without a schema: the
+//! batch's `search_path` says whether they land in the live schema `read`
+//! or in a rebuild's fresh schema.
+
+use tandem_domain::envelope::{Envelope, EnvelopeError};
+use uuid::Uuid;
+
+use crate::sql::SqlBatch;
+
+pub trait Projector: Send + Sync + 'static {
+    /// Stable name: checkpoint key, consumer name, `tandem replay --projection`.
+    fn name(&self) -> &'static str;
+
+    /// The tables it owns in schema `read` (created by migrations), in an
+    /// order in which they can be created.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Adds the statements for one event; events it does not care about
+    /// add nothing.
+    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("event at position {position} has a malformed {what}")]
+    Malformed { position: i64, what: &'static str },
+}
+
+/// The aggregate id as a UUID (every aggregate of a project is keyed so).
+pub(crate) fn aggregate_uuid(event: &Envelope) -> Result<Uuid, ProjectionError> {
+    event
+        .aggregateid
+        .parse()
+        .map_err(|_| ProjectionError::Malformed {
+            position: event.position,
+            what: "aggregate id",
+        })
+}

@@ -1,0 +1,131 @@
+//! [`TableProjection`]: a [`Projector`] bound to a schema and a checkpoint,
+//! applying batches of events with their checkpoint in one transaction.
+//!
+//! A batch is one multi-statement string (one round trip, one implicit
+//! transaction) that ends by moving the checkpoint with
+//! `tandem_advance_projection`, which refuses unless the checkpoint is
+//! where the batch started. So a redelivered event (position at or below
+//! the checkpoint) is skipped, two appliers cannot interleave, and a
+//! failure leaves tables and checkpoint as they were.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tandem_domain::envelope::Envelope;
+
+use crate::projector::{ProjectionError, Projector};
+use crate::sql::{Lit, SqlBatch};
+
+/// A round trip carries at most about this much SQL; a batch of large
+/// file saves is cut into several transactions, each with its checkpoint.
+const MAX_SQL_BYTES: usize = 4 << 20;
+
+pub const LIVE_SCHEMA: &str = "read";
+
+#[derive(Clone)]
+pub struct TableProjection {
+    pool: PgPool,
+    projector: Arc<dyn Projector>,
+    schema: String,
+    checkpoint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl TableProjection {
+    /// The projection serving queries: schema `read`, checkpoint = name.
+    pub fn live(pool: PgPool, projector: Arc<dyn Projector>) -> Self {
+        let checkpoint = projector.name().to_owned();
+        Self::new(pool, projector, LIVE_SCHEMA, &checkpoint)
+    }
+
+    pub fn new(
+        pool: PgPool,
+        projector: Arc<dyn Projector>,
+        schema: &str,
+        checkpoint: &str,
+    ) -> Self {
+        Self {
+            pool,
+            projector,
+            schema: schema.to_owned(),
+            checkpoint: checkpoint.to_owned(),
+        }
+    }
+
+    pub fn projector(&self) -> &Arc<dyn Projector> {
+        &self.projector
+    }
+
+    pub fn checkpoint_name(&self) -> &str {
+        &self.checkpoint
+    }
+
+    /// Last applied position (0 before the first batch).
+    pub async fn checkpoint(&self) -> Result<i64, sqlx::Error> {
+        read_checkpoint(&self.pool, &self.checkpoint).await
+    }
+
+    /// Applies `events` (consecutive positions) on top of `after`; events at
+    /// or below `after` are skipped. Returns the new checkpoint.
+    pub async fn apply(&self, after: i64, events: &[Envelope]) -> Result<i64, ApplyError> {
+        let mut from = after;
+        let mut batch = SqlBatch::new(&self.schema);
+        let mut last = after;
+        for event in events.iter().filter(|e| e.position > after) {
+            self.projector.project(event, &mut batch)?;
+            last = event.position;
+            if batch.len() >= MAX_SQL_BYTES {
+                self.commit(batch, from, last).await?;
+                from = last;
+                batch = SqlBatch::new(&self.schema);
+            }
+        }
+        if last > from {
+            self.commit(batch, from, last).await?;
+        }
+        Ok(last)
+    }
+
+    async fn commit(&self, mut batch: SqlBatch, from: i64, to: i64) -> Result<(), sqlx::Error> {
+        batch.push(
+            "SELECT tandem_advance_projection($1, $2, $3)",
+            &[Lit::Text(&self.checkpoint), Lit::Int(from), Lit::Int(to)],
+        );
+        sqlx::raw_sql(batch.as_sql()).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+pub async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(position.unwrap_or(0))
+}
+
+impl crate::consumer::Sink for TableProjection {
+    fn name(&self) -> &str {
+        self.projector.name()
+    }
+
+    async fn checkpoint(&self) -> Result<i64, crate::consumer::BoxError> {
+        Ok(TableProjection::checkpoint(self).await?)
+    }
+
+    async fn apply(
+        &self,
+        after: i64,
+        events: &[Envelope],
+    ) -> Result<i64, crate::consumer::BoxError> {
+        Ok(TableProjection::apply(self, after, events).await?)
+    }
+}
