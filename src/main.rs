@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use tandem::settings::{Common, Http, Sequencing};
 use tandem::stack::{self, Endpoints, Stack, StackOptions};
 use tandem_commands::db::PoolConfig;
+use tandem_commands::relay::RelayConfig;
+use tandem_domain::envelope::BusNames;
+use tandem_projections::consumer::ConsumerConfig;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +43,11 @@ enum Command {
         #[command(flatten)]
         sequencing: Sequencing,
     },
+    /// Run the relay only: the sequenced log to JetStream (one leads).
+    Relay,
+    /// Run the projections only: JetStream to the read models (one process
+    /// applies each projection; extra instances stand by).
+    Projector,
     /// Create the database if needed and apply migrations.
     Migrate,
     /// Benchmarks (not tests): see `tandem bench --help`.
@@ -60,17 +69,20 @@ fn endpoints(common: &Common) -> Endpoints {
     }
 }
 
+/// `all_roles`: also sequence, relay and project (`tandem up`).
 async fn run_gateway(
     common: &Common,
     http: &Http,
-    sequencer: Option<&Sequencing>,
+    all_roles: Option<&Sequencing>,
 ) -> anyhow::Result<()> {
     let connections = stack::connect(&endpoints(common)).await?;
     let listener = TcpListener::bind(http.http_addr).await?;
     let options = StackOptions {
         gateway: http.gateway_config(common)?,
         write: http.write_config(),
-        sequencer: sequencer.map(Sequencing::config),
+        sequencer: all_roles.map(Sequencing::config),
+        relay: all_roles.map(|_| RelayConfig::default()),
+        projections: all_roles.map(|_| ConsumerConfig::default()),
     };
     let running = Stack::start(connections, listener, options).await?;
     stack::termination().await;
@@ -91,11 +103,45 @@ async fn main() -> anyhow::Result<()> {
         Command::Gateway { http } => run_gateway(common, http, None).await,
         Command::Sequencer { sequencing } => {
             let pool = stack::connect_postgres(&endpoints(common)).await?;
-            let shutdown = tokio_util::sync::CancellationToken::new();
+            let shutdown = CancellationToken::new();
             let task = stack::spawn_sequencer(pool, sequencing.config(), shutdown.clone());
             stack::termination().await;
             shutdown.cancel();
             task.await?;
+            Ok(())
+        }
+        Command::Relay => {
+            let connections = stack::connect(&endpoints(common)).await?;
+            let names = BusNames::new(&common.namespace)?;
+            let shutdown = CancellationToken::new();
+            let task = stack::spawn_relay(
+                connections.pool,
+                connections.nats,
+                names,
+                RelayConfig::default(),
+                shutdown.clone(),
+            );
+            stack::termination().await;
+            shutdown.cancel();
+            task.await?;
+            Ok(())
+        }
+        Command::Projector => {
+            let connections = stack::connect(&endpoints(common)).await?;
+            let names = BusNames::new(&common.namespace)?;
+            let shutdown = CancellationToken::new();
+            let tasks = stack::spawn_projections(
+                &connections.pool,
+                &connections.nats,
+                &names,
+                &ConsumerConfig::default(),
+                &shutdown,
+            );
+            stack::termination().await;
+            shutdown.cancel();
+            for task in tasks {
+                task.await?;
+            }
             Ok(())
         }
         Command::Migrate => stack::migrate(&common.database_url).await,

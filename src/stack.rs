@@ -7,11 +7,17 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 use tandem_commands::db::{self, PoolConfig};
+use tandem_commands::relay::{Relay, RelayConfig};
 use tandem_commands::sequencer::{Sequencer, SequencerConfig};
 use tandem_commands::{WriteSide, WriteSideConfig};
+use tandem_domain::envelope::BusNames;
 use tandem_gateway::auth::jwt::JwtKeys;
+use tandem_gateway::read::{QueryCache, ReadSide};
 use tandem_gateway::redis_keys::RedisState;
 use tandem_gateway::{AppState, GatewayConfig, Shared};
+use tandem_projections::consumer::{Consumer, ConsumerConfig};
+use tandem_projections::positions::ReadPositions;
+use tandem_projections::{models, TableProjection};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +89,10 @@ pub struct StackOptions {
     pub write: WriteSideConfig,
     /// `None`: this process does not sequence (another one does).
     pub sequencer: Option<SequencerConfig>,
+    /// `None`: another process relays the log to JetStream.
+    pub relay: Option<RelayConfig>,
+    /// `None`: other processes run the projections.
+    pub projections: Option<ConsumerConfig>,
 }
 
 pub struct Stack {
@@ -110,9 +120,45 @@ impl Stack {
                 Sequencer::new(pool.clone(), config).with_local(write.local_sequencer());
             tasks.push(run_sequencer(sequencer, shutdown.clone()));
         }
+        let names = BusNames::new(&options.gateway.namespace)?;
+        if let Some(config) = options.relay {
+            tasks.push(spawn_relay(
+                pool.clone(),
+                connections.nats.clone(),
+                names.clone(),
+                config,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(config) = options.projections {
+            tasks.extend(spawn_projections(
+                &pool,
+                &connections.nats,
+                &names,
+                &config,
+                &shutdown,
+            ));
+        }
+        let positions = ReadPositions::spawn(pool.clone(), projection_names())
+            .await
+            .context("listening to the read side's progress")?;
+        let cache = QueryCache::new();
+        tandem_gateway::read::spawn_invalidator(
+            connections.nats.clone(),
+            names,
+            cache.clone(),
+            positions.clone(),
+        );
+        let read = ReadSide {
+            pool: pool.clone(),
+            positions,
+            cache,
+            min_position_wait: options.write.position_wait,
+        };
         let redis = RedisState::new(connections.redis, &options.gateway.namespace);
         let state = AppState::new(Shared {
             write,
+            read,
             redis,
             nats: connections.nats,
             jwt: JwtKeys::new(&options.gateway.jwt),
@@ -160,6 +206,46 @@ pub fn spawn_sequencer(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     run_sequencer(Sequencer::new(pool, config), shutdown)
+}
+
+/// The Postgres projections the read side is made of.
+pub fn projection_names() -> Vec<String> {
+    models::all().iter().map(|p| p.name().to_owned()).collect()
+}
+
+pub fn spawn_relay(
+    pool: PgPool,
+    nats: async_nats::Client,
+    names: BusNames,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let relay = Relay::new(pool, nats, names, config);
+    tokio::spawn(async move { relay.run(async move { shutdown.cancelled().await }).await })
+}
+
+/// One durable consumer per Postgres projection.
+pub fn spawn_projections(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+    names: &BusNames,
+    config: &ConsumerConfig,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    models::all()
+        .into_iter()
+        .map(|projector| {
+            let consumer = Consumer::new(
+                TableProjection::live(pool.clone(), projector),
+                nats.clone(),
+                names.clone(),
+                pool.clone(),
+                config.clone(),
+            );
+            let stop = shutdown.clone();
+            tokio::spawn(async move { consumer.run(async move { stop.cancelled().await }).await })
+        })
+        .collect()
 }
 
 fn run_sequencer(sequencer: Sequencer, shutdown: CancellationToken) -> JoinHandle<()> {

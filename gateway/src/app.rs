@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, put};
+use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -26,7 +26,7 @@ use crate::extract::REQUEST_ID;
 use crate::openapi::ApiDoc;
 use crate::routes::{files, jobs, members, projects, workspaces};
 use crate::state::AppState;
-use crate::{idempotency, ops, rate_limit, telemetry};
+use crate::{idempotency, ops, queries, rate_limit, telemetry};
 
 fn api(state: &AppState) -> OpenApiRouter<AppState> {
     // Rate limiting is outermost so idempotent replays are counted too.
@@ -42,9 +42,15 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         // wildcard, so the route is added by hand and documented in ApiDoc.
         .route(
             "/workspaces/{id}/files/{*path}",
-            put(files::save_file).delete(files::delete_file),
+            get(queries::files::get_file)
+                .put(files::save_file)
+                .delete(files::delete_file),
         )
         .merge(jobs::routes())
+        .merge(queries::projects::routes())
+        .merge(queries::workspaces::routes())
+        .merge(queries::files::routes())
+        .merge(queries::jobs::routes())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), rate_limit::per_user));
     auth.merge(rest)

@@ -1,6 +1,6 @@
 //! Extractors whose rejections are problem+json like every other error:
 //! [`ApiJson`] (400 malformed, 413 too large, 415 not JSON, 422 with the
-//! offending field), [`ApiPath`] (a malformed id is an unknown resource:
+//! offending field), [`ApiQuery`] (422 naming the parameter), [`ApiPath`] (a malformed id is an unknown resource:
 //! 404), [`RequestMeta`] (request and correlation ids), and [`Fields`], the
 //! collector that turns parse failures into one 422 listing every field.
 
@@ -109,6 +109,29 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|p| ApiPath(p.0))
             .map_err(|_| ApiError::not_found("resource"))
+    }
+}
+
+/// Query parameters; a mistyped one is a 422 naming it.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| {
+                // "Failed to deserialize query string: limit: invalid digit ..."
+                let text = e.body_text();
+                let detail = text.split_once("query string: ").map_or(&*text, |(_, d)| d);
+                let field = detail
+                    .split_once(": ")
+                    .map(|(f, _)| f)
+                    .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or("query");
+                ApiError::field(field, detail)
+            })
     }
 }
 

@@ -1,12 +1,14 @@
 //! The gateway: Tandem's HTTP face. REST commands go to the write side
-//! (`tandem-commands`); queries and WebSocket subscriptions arrive in later
-//! issues, served from projections and NATS.
+//! (`tandem-commands`); queries are answered from the read models
+//! (`tandem-projections`); WebSocket subscriptions arrive in a later issue.
 //!
 //! # Layout
 //! - [`app`]: `router(state)` and `serve(listener, router, shutdown)`.
 //! - [`config`], [`state`]: what the gateway is told and what it shares.
 //! - [`auth`]: access tokens, the [`auth::caller::Caller`] extractor, `/auth/*`, `/me`.
 //! - [`routes`]: the command endpoints, one module per resource.
+//! - [`queries`], [`read`]: the query endpoints, `?min_position=`, the
+//!   query cache and its invalidation.
 //! - [`error`], [`rejections`], [`extract`], [`reply`]: problem+json, the
 //!   domain-error → HTTP mapping, extractors, command answers.
 //! - [`rate_limit`], [`idempotency`], [`redis_keys`]: middleware and the
@@ -21,7 +23,9 @@ pub mod extract;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
+pub mod queries;
 pub mod rate_limit;
+pub mod read;
 pub mod redis_keys;
 pub mod rejections;
 pub mod reply;

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         crate::ops::metrics,
         crate::routes::files::save_file,
         crate::routes::files::delete_file,
+        crate::queries::files::get_file,
     ),
     modifiers(&BearerAuth),
     tags(

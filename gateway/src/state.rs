@@ -8,10 +8,12 @@ use tandem_commands::WriteSide;
 
 use crate::auth::jwt::JwtKeys;
 use crate::config::GatewayConfig;
+use crate::read::ReadSide;
 use crate::redis_keys::RedisState;
 
 pub struct Shared {
     pub write: WriteSide,
+    pub read: ReadSide,
     pub redis: RedisState,
     pub nats: async_nats::Client,
     pub jwt: JwtKeys,

@@ -96,6 +96,9 @@ impl Running {
             gateway: bench_gateway_config(),
             write,
             sequencer: Some(SequencerConfig::default()),
+            // The command path alone, as the foundation's goal measures it.
+            relay: None,
+            projections: None,
         };
         let stack = Stack::start(connections, listener, options).await?;
         let api = Api::new(stack.addr, http_connections)?;

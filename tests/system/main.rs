@@ -9,6 +9,7 @@ mod auth;
 mod errors;
 mod log;
 mod outages;
+mod queries;
 mod rbac;
 mod smoke;
 mod write_side;

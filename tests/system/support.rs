@@ -13,9 +13,11 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tandem::stack::{self, Connections, Endpoints, Stack, StackOptions};
 use tandem_commands::db::{PoolConfig, MIGRATOR};
+use tandem_commands::relay::RelayConfig;
 use tandem_commands::sequencer::SequencerConfig;
 use tandem_commands::WriteSideConfig;
 use tandem_gateway::{GatewayConfig, Secret};
+use tandem_projections::consumer::ConsumerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -189,6 +191,8 @@ pub struct Options {
     pub gateway: GatewayConfig,
     pub write: WriteSideConfig,
     pub sequencer: bool,
+    /// Run the relay and the projections (the read side).
+    pub read_side: bool,
     /// Where this app's Redis is (a test may give it one of its own).
     pub redis_url: String,
 }
@@ -225,6 +229,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
             ..WriteSideConfig::default()
         },
         sequencer: true,
+        read_side: true,
         redis_url: redis_url(),
     };
     customize(&mut options);
@@ -254,6 +259,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
             gateway: options.gateway,
             write: options.write,
             sequencer,
+            relay: options.read_side.then(|| RelayConfig {
+                poll_interval: Duration::from_millis(50),
+                ..RelayConfig::default()
+            }),
+            projections: options.read_side.then(ConsumerConfig::default),
         },
     )
     .await
