@@ -131,8 +131,7 @@ async fn main() -> anyhow::Result<()> {
             let names = BusNames::new(&common.namespace)?;
             let shutdown = CancellationToken::new();
             let tasks = stack::spawn_projections(
-                &connections.pool,
-                &connections.nats,
+                &connections,
                 &names,
                 &ConsumerConfig::default(),
                 &shutdown,

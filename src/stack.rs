@@ -15,7 +15,8 @@ use tandem_gateway::auth::jwt::JwtKeys;
 use tandem_gateway::read::{QueryCache, ReadSide};
 use tandem_gateway::redis_keys::RedisState;
 use tandem_gateway::{AppState, GatewayConfig, Shared};
-use tandem_projections::consumer::{Consumer, ConsumerConfig};
+use tandem_projections::consumer::{Consumer, ConsumerConfig, Sink};
+use tandem_projections::hot::HotState;
 use tandem_projections::positions::ReadPositions;
 use tandem_projections::{models, TableProjection};
 use tokio::net::TcpListener;
@@ -131,13 +132,7 @@ impl Stack {
             ));
         }
         if let Some(config) = options.projections {
-            tasks.extend(spawn_projections(
-                &pool,
-                &connections.nats,
-                &names,
-                &config,
-                &shutdown,
-            ));
+            tasks.extend(spawn_projections(&connections, &names, &config, &shutdown));
         }
         let positions = ReadPositions::spawn(pool.clone(), projection_names())
             .await
@@ -224,28 +219,42 @@ pub fn spawn_relay(
     tokio::spawn(async move { relay.run(async move { shutdown.cancelled().await }).await })
 }
 
-/// One durable consumer per Postgres projection.
+/// One durable consumer per Postgres projection, and one for the hot
+/// state in Redis.
 pub fn spawn_projections(
-    pool: &PgPool,
-    nats: &async_nats::Client,
+    connections: &Connections,
     names: &BusNames,
     config: &ConsumerConfig,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    models::all()
+    let mut tasks: Vec<JoinHandle<()>> = models::all()
         .into_iter()
         .map(|projector| {
-            let consumer = Consumer::new(
-                TableProjection::live(pool.clone(), projector),
-                nats.clone(),
-                names.clone(),
-                pool.clone(),
-                config.clone(),
-            );
-            let stop = shutdown.clone();
-            tokio::spawn(async move { consumer.run(async move { stop.cancelled().await }).await })
+            let sink = TableProjection::live(connections.pool.clone(), projector);
+            spawn_consumer(sink, connections, names, config, shutdown)
         })
-        .collect()
+        .collect();
+    let hot = HotState::new(connections.redis.clone(), names.namespace());
+    tasks.push(spawn_consumer(hot, connections, names, config, shutdown));
+    tasks
+}
+
+fn spawn_consumer<S: Sink + 'static>(
+    sink: S,
+    connections: &Connections,
+    names: &BusNames,
+    config: &ConsumerConfig,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    let consumer = Consumer::new(
+        sink,
+        connections.nats.clone(),
+        names.clone(),
+        connections.pool.clone(),
+        config.clone(),
+    );
+    let stop = shutdown.clone();
+    tokio::spawn(async move { consumer.run(async move { stop.cancelled().await }).await })
 }
 
 fn run_sequencer(sequencer: Sequencer, shutdown: CancellationToken) -> JoinHandle<()> {

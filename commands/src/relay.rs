@@ -145,23 +145,37 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(SEQUENCED_CHANNEL).await?;
         tracing::info!(stream = self.names.events_stream(), "relay is leading");
+        // After a restart the checkpoint may trail the stream (a crash
+        // between publish and checkpoint): resume from it and let
+        // de-duplication absorb the overlap. Only when the stream refuses a
+        // publish (past the window) is the stream's own state trusted.
+        let mut refused = false;
         loop {
-            let stream_last = self.stream_last_sequence().await?;
-            let mut checkpoint = load_checkpoint(&mut conn, &self.names.events_stream()).await?;
-            if stream_last < checkpoint as u64 {
+            let stream_last = self.stream_last_sequence().await? as i64;
+            let stream = self.names.events_stream();
+            let mut checkpoint = load_checkpoint(&mut conn, &stream).await?;
+            if stream_last < checkpoint {
                 tracing::warn!(
                     stream_last,
                     checkpoint,
                     "the events stream lost its tail; publishing again from the log"
                 );
-                checkpoint = stream_last as i64;
-                save_checkpoint(&mut conn, &self.names.events_stream(), checkpoint).await?;
+                checkpoint = stream_last;
+                save_checkpoint(&mut conn, &stream, checkpoint).await?;
+            } else if refused && stream_last > checkpoint {
+                tracing::info!(
+                    stream_last,
+                    checkpoint,
+                    "the events stream already holds events past the checkpoint; skipping them"
+                );
+                checkpoint = stream_last;
+                save_checkpoint(&mut conn, &stream, checkpoint).await?;
             }
             match self
                 .publish_from(&mut conn, &mut listener, checkpoint)
                 .await
             {
-                Interrupted::Resync => continue,
+                Interrupted::Resync => refused = true,
                 Interrupted::Failed(e) => return Err(e),
             }
         }

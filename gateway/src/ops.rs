@@ -72,6 +72,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "unsequenced_events": backlog.ok(),
         });
     }
+    let read_side = if postgres.is_ok() {
+        read_side_progress(&state).await.unwrap_or(json!(null))
+    } else {
+        json!(null)
+    };
     let ready = postgres.is_ok() && redis.is_ok() && nats.is_ok();
     let status = if ready {
         StatusCode::OK
@@ -86,6 +91,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "nats": verdict(&nats),
         },
         "sequencer": sequencer,
+        "read_side": read_side,
     });
     (status, Json(body))
 }
@@ -93,6 +99,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Lag is head minus checkpoint, so it is computed when scraped.
+    let _ = read_side_progress(&state).await;
     state.metrics.run_upkeep();
     (
         [(
@@ -101,4 +109,36 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// Where the relay and each projection are against the log head, as
+/// `/readyz` shows it; also refreshes the lag gauges. Lag does not make the
+/// gateway unready: it still answers, `?min_position=` waits.
+async fn read_side_progress(state: &AppState) -> Result<serde_json::Value, sqlx::Error> {
+    let pool = &state.read.pool;
+    let head = tandem_commands::log::head(pool).await?;
+    let relay: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM relay_checkpoints")
+        .fetch_one(pool)
+        .await?;
+    let projections: serde_json::Map<String, serde_json::Value> = state
+        .read
+        .positions
+        .by_projection()
+        .into_iter()
+        .map(|(name, position)| {
+            let lag = (head - position).max(0);
+            metrics::gauge!("tandem_projection_lag_events", "projection" => name.clone())
+                .set(lag as f64);
+            (name, json!({"position": position, "lag": lag}))
+        })
+        .collect();
+    if let Some(relay) = relay {
+        metrics::gauge!("tandem_relay_lag_events").set((head - relay).max(0) as f64);
+    }
+    Ok(json!({
+        "head_position": head,
+        "relay_position": relay,
+        "read_position": state.read.positions.current(),
+        "projections": projections,
+    }))
 }

@@ -10,6 +10,8 @@
 //! - [`tables`]: [`TableProjection`], a projector bound to a schema and a
 //!   checkpoint, applying batches with their checkpoint atomically.
 //! - [`consumer`]: the durable JetStream consumer feeding a [`consumer::Sink`].
+//! - [`hot`]: hot state in Redis (member sets, job snapshots), versioned
+//!   by position so every update is idempotent.
 //! - [`positions`]: how far the read side has applied the log
 //!   (`?min_position=`, `/readyz` lag).
 //! - [`queries`]: what the gateway's GET endpoints read.
@@ -18,6 +20,7 @@
 //! positions; it never writes the event store and never reads aggregates.
 
 pub mod consumer;
+pub mod hot;
 pub mod models;
 pub mod positions;
 pub mod projector;

@@ -9,6 +9,7 @@ mod auth;
 mod errors;
 mod log;
 mod outages;
+mod pipeline;
 mod projectors;
 mod queries;
 mod rbac;
