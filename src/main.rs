@@ -50,6 +50,13 @@ enum Command {
     Projector,
     /// Create the database if needed and apply migrations.
     Migrate,
+    /// Rebuild read models from position 0 into fresh tables, catch up,
+    /// and swap them in while the read API stays up.
+    Replay {
+        /// One projection (users, projects, files, jobs, activity); all if omitted.
+        #[arg(long)]
+        projection: Option<String>,
+    },
     /// Benchmarks (not tests): see `tandem bench --help`.
     Bench {
         #[command(subcommand)]
@@ -144,6 +151,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => stack::migrate(&common.database_url).await,
+        Command::Replay { projection } => {
+            let pool = stack::connect_postgres(&endpoints(common)).await?;
+            tandem::replay::run(&pool, projection.as_deref()).await?;
+            Ok(())
+        }
         Command::Bench { which } => tandem::bench::run(common, which).await,
     }
 }

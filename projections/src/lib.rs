@@ -14,6 +14,8 @@
 //!   by position so every update is idempotent.
 //! - [`positions`]: how far the read side has applied the log
 //!   (`?min_position=`, `/readyz` lag).
+//! - [`rebuild`]: `tandem replay`: rebuild from position 0 into fresh
+//!   tables, then swap them in under the live checkpoint's lock.
 //! - [`queries`]: what the gateway's GET endpoints read.
 //!
 //! Architecture invariant: this crate knows the log only as envelopes and
@@ -25,6 +27,7 @@ pub mod models;
 pub mod positions;
 pub mod projector;
 pub mod queries;
+pub mod rebuild;
 pub mod sql;
 pub mod tables;
 

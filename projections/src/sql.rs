@@ -96,6 +96,8 @@ impl<'a, T: Into<Lit<'a>>> From<Option<T>> for Lit<'a> {
 #[derive(Debug)]
 pub struct SqlBatch {
     sql: String,
+    /// Where the statements start (after the `SET LOCAL` prelude).
+    body: usize,
     statements: usize,
 }
 
@@ -104,10 +106,12 @@ impl SqlBatch {
     /// constant of this crate, never input.
     pub fn new(schema: &str) -> Self {
         debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        let sql = format!(
+            "SET LOCAL standard_conforming_strings = on;\nSET LOCAL search_path = {schema}, public;\n"
+        );
         Self {
-            sql: format!(
-                "SET LOCAL standard_conforming_strings = on;\nSET LOCAL search_path = {schema}, public;\n"
-            ),
+            body: sql.len(),
+            sql,
             statements: 0,
         }
     }
@@ -135,6 +139,12 @@ impl SqlBatch {
 
     pub fn statements(&self) -> usize {
         self.statements
+    }
+
+    /// Appends `other`'s statements (not its prelude) after these.
+    pub fn append(&mut self, other: &SqlBatch) {
+        self.sql.push_str(&other.sql[other.body..]);
+        self.statements += other.statements;
     }
 
     /// Bytes of SQL so far: the runner cuts batches before they grow huge.

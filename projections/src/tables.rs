@@ -93,12 +93,16 @@ impl TableProjection {
         Ok(last)
     }
 
-    async fn commit(&self, mut batch: SqlBatch, from: i64, to: i64) -> Result<(), sqlx::Error> {
-        batch.push(
+    /// The checkpoint moves first: that locks its row, so a rebuild's swap
+    /// (which holds it) makes this batch wait before touching any table.
+    async fn commit(&self, batch: SqlBatch, from: i64, to: i64) -> Result<(), sqlx::Error> {
+        let mut all = SqlBatch::new(&self.schema);
+        all.push(
             "SELECT tandem_advance_projection($1, $2, $3)",
             &[Lit::Text(&self.checkpoint), Lit::Int(from), Lit::Int(to)],
         );
-        sqlx::raw_sql(batch.as_sql()).execute(&self.pool).await?;
+        all.append(&batch);
+        sqlx::raw_sql(all.as_sql()).execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 mod support;
 
 mod auth;
+mod convergence;
 mod errors;
 mod log;
 mod outages;

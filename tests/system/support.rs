@@ -293,6 +293,19 @@ pub struct User {
 }
 
 impl TestApp {
+    /// Another handle on this app for spawned tasks; dropping it stops nothing.
+    pub fn handle(&self) -> TestApp {
+        TestApp {
+            addr: self.addr,
+            base: self.base.clone(),
+            client: self.client.clone(),
+            pool: self.pool.clone(),
+            db_url: self.db_url.clone(),
+            namespace: self.namespace.clone(),
+            stack: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

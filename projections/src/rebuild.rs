@@ -1,0 +1,265 @@
+//! Rebuilding read models from position 0 without taking the read API
+//! down (`tandem replay`).
+//!
+//! For each projection: fresh tables in schema `rebuild_<name>` (same
+//! definitions as the live ones), filled from the log by the projection's
+//! own projector under the checkpoint `<name>@rebuild`. Once it is close
+//! to the head, one transaction locks the live checkpoint row (the live
+//! consumer's next batch waits on it before touching a table), applies the
+//! last events, moves the live tables to `retired_<name>` and the new ones
+//! into `read`, and sets the live checkpoint to the rebuild's position.
+//! Queries wait a moment on the table locks and never see a half state.
+//! Then both versions are digested (row count and an order-independent
+//! hash of every row) and the retired tables are dropped.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::try_join_all;
+use sqlx::{Connection, PgConnection, PgPool};
+use tandem_domain::envelope::Envelope;
+
+use crate::consumer::BoxError;
+use crate::projector::Projector;
+use crate::tables::{TableProjection, LIVE_SCHEMA};
+
+/// Events read from the log per round.
+const CHUNK: i64 = 10_000;
+/// Within this many events of the head, the rest is applied under the
+/// swap's lock (briefly holding up the live consumer).
+const SWAP_DISTANCE: i64 = 2 * CHUNK;
+
+/// Where the events come from: `read(after, limit)` returns up to `limit`
+/// events with position > `after`, in order, and `head()` the last position.
+pub trait LogSource: Send + Sync {
+    fn read(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Envelope>, BoxError>> + Send;
+    fn head(&self) -> impl Future<Output = Result<i64, BoxError>> + Send;
+}
+
+/// Told how the rebuild goes (a progress bar, a log line).
+pub trait Progress: Send + Sync {
+    fn advanced(&self, position: i64, head: i64, elapsed: std::time::Duration);
+}
+
+/// Rows and digest of one table, before and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableReport {
+    pub table: String,
+    pub old_rows: i64,
+    pub new_rows: i64,
+    pub old_digest: String,
+    pub new_digest: String,
+}
+
+impl TableReport {
+    pub fn identical(&self) -> bool {
+        self.old_rows == self.new_rows && self.old_digest == self.new_digest
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub projection: String,
+    pub position: i64,
+    pub events: i64,
+    pub seconds: f64,
+    pub tables: Vec<TableReport>,
+}
+
+fn rebuild_schema(name: &str) -> String {
+    format!("rebuild_{name}")
+}
+
+fn retired_schema(name: &str) -> String {
+    format!("retired_{name}")
+}
+
+fn rebuild_checkpoint(name: &str) -> String {
+    format!("{name}@rebuild")
+}
+
+/// Rebuilds `projectors` from position 0 and swaps each in; returns what
+/// changed. The log is read once for all of them.
+pub async fn rebuild(
+    pool: &PgPool,
+    projectors: &[Arc<dyn Projector>],
+    source: &impl LogSource,
+    progress: &impl Progress,
+) -> Result<Vec<Report>, BoxError> {
+    let started = Instant::now();
+    let mut targets = Vec::new();
+    for projector in projectors {
+        prepare(pool, projector.as_ref()).await?;
+        targets.push(TableProjection::new(
+            pool.clone(),
+            projector.clone(),
+            &rebuild_schema(projector.name()),
+            &rebuild_checkpoint(projector.name()),
+        ));
+    }
+    let mut position = 0;
+    loop {
+        let head = source.head().await?;
+        if head - position <= SWAP_DISTANCE {
+            break;
+        }
+        position = apply_chunk(&targets, source, position).await?;
+        progress.advanced(position, head, started.elapsed());
+    }
+    let mut reports = Vec::new();
+    for target in &targets {
+        let (at, tables) = swap(pool, target, source).await?;
+        reports.push(Report {
+            projection: target.projector().name().to_owned(),
+            position: at,
+            events: at,
+            seconds: started.elapsed().as_secs_f64(),
+            tables,
+        });
+    }
+    let head = source.head().await?;
+    progress.advanced(head, head, started.elapsed());
+    Ok(reports)
+}
+
+/// Reads one chunk after `position` and applies it to every target, in
+/// parallel (one connection each). Returns the new position.
+async fn apply_chunk(
+    targets: &[TableProjection],
+    source: &impl LogSource,
+    position: i64,
+) -> Result<i64, BoxError> {
+    let events = source.read(position, CHUNK).await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(position);
+    };
+    try_join_all(targets.iter().map(|t| t.apply(position, &events))).await?;
+    Ok(last)
+}
+
+/// A fresh schema with empty copies of the projection's live tables.
+async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+    let schema = rebuild_schema(projector.name());
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    for table in projector.tables() {
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(rebuild_checkpoint(projector.name()))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Catches up under the live checkpoint's lock and swaps the tables.
+async fn swap(
+    pool: &PgPool,
+    target: &TableProjection,
+    source: &impl LogSource,
+) -> Result<(i64, Vec<TableReport>), BoxError> {
+    let name = target.projector().name();
+    let tables = target.projector().tables();
+    let (live, rebuilt, retired) = (LIVE_SCHEMA, rebuild_schema(name), retired_schema(name));
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, position) VALUES ($1, 0)
+         ON CONFLICT (projection) DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    let live_position: i64 = sqlx::query_scalar(
+        "SELECT position FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    // The live model is frozen at `live_position` now; reach at least that
+    // (and the head as it is).
+    let head = source.head().await?.max(live_position);
+    let mut position = target.checkpoint().await?;
+    while position < head {
+        let next = apply_chunk(std::slice::from_ref(target), source, position).await?;
+        if next == position {
+            break;
+        }
+        position = next;
+    }
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {retired}"))
+        .execute(&mut *tx)
+        .await?;
+    for table in tables {
+        sqlx::query(&format!("ALTER TABLE {live}.{table} SET SCHEMA {retired}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER TABLE {rebuilt}.{table} SET SCHEMA {live}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = $2, updated_at = now() WHERE projection = $1",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(target.checkpoint_name())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let mut reports = Vec::new();
+    for table in tables {
+        let (old_rows, old_digest) = digest(&mut conn, &retired, table).await?;
+        let (new_rows, new_digest) = digest(&mut conn, live, table).await?;
+        reports.push(TableReport {
+            table: (*table).to_owned(),
+            old_rows,
+            new_rows,
+            old_digest,
+            new_digest,
+        });
+    }
+    sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {rebuilt} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok((position, reports))
+}
+
+/// Row count and an order-independent digest of every row of a table.
+pub async fn digest(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<(i64, String), sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text
+           FROM {schema}.{table} t"
+    ))
+    .fetch_one(conn)
+    .await
+}
