@@ -12,7 +12,11 @@ use crate::support::{body, problem, spawn_app, TestApp, User};
 async fn get_at(app: &TestApp, user: &User, path: &str, position: i64) -> (StatusCode, Value) {
     let sep = if path.contains('?') { '&' } else { '?' };
     let r = app
-        .as_user(user, Method::GET, &format!("{path}{sep}min_position={position}"))
+        .as_user(
+            user,
+            Method::GET,
+            &format!("{path}{sep}min_position={position}"),
+        )
         .send()
         .await
         .unwrap();
@@ -40,11 +44,26 @@ async fn a_created_project_is_listed_at_its_position_every_time() {
     let app = spawn_app().await;
     let owner = app.user().await;
     for i in 0..10 {
-        let created = command(&app, &owner, Method::POST, "/projects", json!({"name": format!("p{i}")})).await;
+        let created = command(
+            &app,
+            &owner,
+            Method::POST,
+            "/projects",
+            json!({"name": format!("p{i}")}),
+        )
+        .await;
         let (status, list) = get_at(&app, &owner, "/projects", position(&created)).await;
         assert_eq!(status, StatusCode::OK);
-        let ids: Vec<&str> = list["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-        assert!(ids.contains(&created["id"].as_str().unwrap()), "round {i}: {list}");
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&created["id"].as_str().unwrap()),
+            "round {i}: {list}"
+        );
         assert_eq!(list["items"][0]["role"], "owner");
     }
 }
@@ -80,7 +99,12 @@ async fn project_detail_members_and_workspaces_follow_the_commands() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["user_id"].as_str().unwrap().to_owned(), m["role"].as_str().unwrap().to_owned()))
+        .map(|m| {
+            (
+                m["user_id"].as_str().unwrap().to_owned(),
+                m["role"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     roles.sort();
     let mut expected = vec![
@@ -91,7 +115,13 @@ async fn project_detail_members_and_workspaces_follow_the_commands() {
     assert_eq!(roles, expected);
     assert_eq!(members["items"][0]["display_name"], "Tester");
 
-    let (_, workspaces) = get_at(&app, &viewer, &format!("/projects/{project}/workspaces"), at).await;
+    let (_, workspaces) = get_at(
+        &app,
+        &viewer,
+        &format!("/projects/{project}/workspaces"),
+        at,
+    )
+    .await;
     assert_eq!(workspaces["items"].as_array().unwrap().len(), 1);
     assert_eq!(workspaces["items"][0]["name"], "handbook");
     let (status, one) = get_at(&app, &viewer, &format!("/workspaces/{ws}"), at).await;
@@ -105,19 +135,49 @@ async fn files_list_content_and_old_versions() {
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let ws = app.create_workspace(&owner, project, "src").await;
-    command(&app, &owner, Method::PUT, &format!("/workspaces/{ws}/files/lib/a.py"), json!({"content": "one"})).await;
-    command(&app, &owner, Method::PUT, &format!("/workspaces/{ws}/files/b.txt"), json!({"content": "bee"})).await;
-    let second = command(&app, &owner, Method::PUT, &format!("/workspaces/{ws}/files/lib/a.py"), json!({"content": "two!"})).await;
+    command(
+        &app,
+        &owner,
+        Method::PUT,
+        &format!("/workspaces/{ws}/files/lib/a.py"),
+        json!({"content": "one"}),
+    )
+    .await;
+    command(
+        &app,
+        &owner,
+        Method::PUT,
+        &format!("/workspaces/{ws}/files/b.txt"),
+        json!({"content": "bee"}),
+    )
+    .await;
+    let second = command(
+        &app,
+        &owner,
+        Method::PUT,
+        &format!("/workspaces/{ws}/files/lib/a.py"),
+        json!({"content": "two!"}),
+    )
+    .await;
     let at = position(&second);
 
     let (_, list) = get_at(&app, &owner, &format!("/workspaces/{ws}/files"), at).await;
-    let paths: Vec<&str> = list["items"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
     assert_eq!(paths, ["b.txt", "lib/a.py"]);
     assert_eq!(list["items"][1]["version"], 2);
     assert_eq!(list["items"][1]["size_bytes"], 4);
 
     let r = app
-        .as_user(&owner, Method::GET, &format!("/workspaces/{ws}/files/lib/a.py?min_position={at}"))
+        .as_user(
+            &owner,
+            Method::GET,
+            &format!("/workspaces/{ws}/files/lib/a.py?min_position={at}"),
+        )
         .send()
         .await
         .unwrap();
@@ -127,16 +187,41 @@ async fn files_list_content_and_old_versions() {
     assert_eq!(current["content"], "two!");
     assert_eq!(current["current_version"], 2);
 
-    let (status, old) = get_at(&app, &owner, &format!("/workspaces/{ws}/files/lib/a.py?version=1"), at).await;
+    let (status, old) = get_at(
+        &app,
+        &owner,
+        &format!("/workspaces/{ws}/files/lib/a.py?version=1"),
+        at,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(old["content"], "one");
     assert_eq!(old["version"], 1);
     assert_eq!(old["current_version"], 2);
 
-    let deleted = command(&app, &owner, Method::DELETE, &format!("/workspaces/{ws}/files/b.txt"), json!({})).await;
-    let (status, _) = get_at(&app, &owner, &format!("/workspaces/{ws}/files/b.txt"), position(&deleted)).await;
+    let deleted = command(
+        &app,
+        &owner,
+        Method::DELETE,
+        &format!("/workspaces/{ws}/files/b.txt"),
+        json!({}),
+    )
+    .await;
+    let (status, _) = get_at(
+        &app,
+        &owner,
+        &format!("/workspaces/{ws}/files/b.txt"),
+        position(&deleted),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = get_at(&app, &owner, &format!("/workspaces/{ws}/files/lib/a.py?version=9"), at).await;
+    let (status, _) = get_at(
+        &app,
+        &owner,
+        &format!("/workspaces/{ws}/files/lib/a.py?version=9"),
+        at,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -145,28 +230,77 @@ async fn jobs_list_with_status_filter_and_detail() {
     let app = spawn_app().await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    let first = command(&app, &owner, Method::POST, &format!("/projects/{project}/jobs"), json!({"language": "python", "source": "print(1)"})).await;
-    let second = command(&app, &owner, Method::POST, &format!("/projects/{project}/jobs"), json!({"language": "bash", "source": "echo 2"})).await;
-    let cancelled = command(&app, &owner, Method::POST, &format!("/jobs/{}/cancel", second["id"].as_str().unwrap()), json!({})).await;
+    let first = command(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/projects/{project}/jobs"),
+        json!({"language": "python", "source": "print(1)"}),
+    )
+    .await;
+    let second = command(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/projects/{project}/jobs"),
+        json!({"language": "bash", "source": "echo 2"}),
+    )
+    .await;
+    let cancelled = command(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/jobs/{}/cancel", second["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
     let at = position(&cancelled);
 
     let (_, all) = get_at(&app, &owner, &format!("/projects/{project}/jobs"), at).await;
-    let ids: Vec<&str> = all["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [second["id"].as_str().unwrap(), first["id"].as_str().unwrap()], "newest first");
+    let ids: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            second["id"].as_str().unwrap(),
+            first["id"].as_str().unwrap()
+        ],
+        "newest first"
+    );
 
-    let (_, queued) = get_at(&app, &owner, &format!("/projects/{project}/jobs?status=queued"), at).await;
+    let (_, queued) = get_at(
+        &app,
+        &owner,
+        &format!("/projects/{project}/jobs?status=queued"),
+        at,
+    )
+    .await;
     assert_eq!(queued["items"].as_array().unwrap().len(), 1);
     assert_eq!(queued["items"][0]["id"], first["id"]);
     assert_eq!(queued["items"][0]["language"], "python");
 
-    let (status, detail) = get_at(&app, &owner, &format!("/jobs/{}", second["id"].as_str().unwrap()), at).await;
+    let (status, detail) = get_at(
+        &app,
+        &owner,
+        &format!("/jobs/{}", second["id"].as_str().unwrap()),
+        at,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["status"], "cancelled");
     assert_eq!(detail["attempts"], json!([]));
     assert!(detail["finished_at"].is_string());
 
     let r = app
-        .as_user(&owner, Method::GET, &format!("/projects/{project}/jobs?status=sleeping"))
+        .as_user(
+            &owner,
+            Method::GET,
+            &format!("/projects/{project}/jobs?status=sleeping"),
+        )
         .send()
         .await
         .unwrap();
@@ -180,8 +314,22 @@ async fn non_members_get_404_from_every_query_and_members_see_only_theirs() {
     let stranger = app.user().await;
     let project = app.create_project(&owner).await;
     let ws = app.create_workspace(&owner, project, "w").await;
-    let saved = command(&app, &owner, Method::PUT, &format!("/workspaces/{ws}/files/x"), json!({"content": "x"})).await;
-    let job = command(&app, &owner, Method::POST, &format!("/projects/{project}/jobs"), json!({"language": "bash", "source": "true"})).await;
+    let saved = command(
+        &app,
+        &owner,
+        Method::PUT,
+        &format!("/workspaces/{ws}/files/x"),
+        json!({"content": "x"}),
+    )
+    .await;
+    let job = command(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/projects/{project}/jobs"),
+        json!({"language": "bash", "source": "true"}),
+    )
+    .await;
     let at = position(&job).max(position(&saved));
     let paths = [
         format!("/projects/{project}"),
@@ -202,7 +350,11 @@ async fn non_members_get_404_from_every_query_and_members_see_only_theirs() {
         let answer = problem(r, 404, "not_found").await;
         // The same answer as for something that does not exist.
         let missing = app
-            .as_user(&stranger, Method::GET, &format!("/projects/{}", Uuid::now_v7()))
+            .as_user(
+                &stranger,
+                Method::GET,
+                &format!("/projects/{}", Uuid::now_v7()),
+            )
             .send()
             .await
             .unwrap();
@@ -225,11 +377,25 @@ async fn project_lists_page_with_cursors_and_hide_archived_projects() {
     let mut created = Vec::new();
     let mut at = 0;
     for i in 0..5 {
-        let p = command(&app, &owner, Method::POST, "/projects", json!({"name": format!("p{i}")})).await;
+        let p = command(
+            &app,
+            &owner,
+            Method::POST,
+            "/projects",
+            json!({"name": format!("p{i}")}),
+        )
+        .await;
         at = position(&p);
         created.push(p["id"].as_str().unwrap().to_owned());
     }
-    let archived = command(&app, &owner, Method::DELETE, &format!("/projects/{}", created[0]), json!({})).await;
+    let archived = command(
+        &app,
+        &owner,
+        Method::DELETE,
+        &format!("/projects/{}", created[0]),
+        json!({}),
+    )
+    .await;
     at = at.max(position(&archived));
 
     let mut seen = Vec::new();
@@ -252,14 +418,29 @@ async fn project_lists_page_with_cursors_and_hide_archived_projects() {
     let mut expected: Vec<String> = created[1..].iter().rev().cloned().collect();
     assert_eq!(seen, expected, "newest first, archived hidden");
 
-    let (_, everything) = get_at(&app, &owner, "/projects?include_archived=true&limit=200", at).await;
+    let (_, everything) = get_at(
+        &app,
+        &owner,
+        "/projects?include_archived=true&limit=200",
+        at,
+    )
+    .await;
     expected.push(created[0].clone());
-    let all: Vec<String> = everything["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+    let all: Vec<String> = everything["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(all, expected);
     assert_eq!(everything["items"][4]["archived"], true);
 
     for bad in ["limit=0", "limit=201", "limit=ten", "cursor=nope!"] {
-        let r = app.as_user(&owner, Method::GET, &format!("/projects?{bad}")).send().await.unwrap();
+        let r = app
+            .as_user(&owner, Method::GET, &format!("/projects?{bad}"))
+            .send()
+            .await
+            .unwrap();
         problem(r, 422, "validation_failed").await;
     }
 }
@@ -290,10 +471,23 @@ async fn cached_project_detail_follows_updates_at_their_position() {
     let project = app.create_project(&owner).await;
     for i in 0..5 {
         let name = format!("name {i}");
-        let updated = command(&app, &owner, Method::PATCH, &format!("/projects/{project}"), json!({"name": name})).await;
+        let updated = command(
+            &app,
+            &owner,
+            Method::PATCH,
+            &format!("/projects/{project}"),
+            json!({"name": name}),
+        )
+        .await;
         // Read twice: the second answer may come from the cache.
         for _ in 0..2 {
-            let (_, detail) = get_at(&app, &owner, &format!("/projects/{project}"), position(&updated)).await;
+            let (_, detail) = get_at(
+                &app,
+                &owner,
+                &format!("/projects/{project}"),
+                position(&updated),
+            )
+            .await;
             assert_eq!(detail["name"], name);
         }
         let (_, list) = get_at(&app, &owner, "/projects", position(&updated)).await;
