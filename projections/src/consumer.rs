@@ -218,20 +218,19 @@ impl<S: Sink> Consumer<S> {
                 events.push(event);
             }
         }
-        let mut expected = checkpoint + 1;
-        for (i, event) in events.iter().enumerate() {
-            if event.position != expected {
-                if i == 0 {
-                    return Ok(Step::Gap {
-                        expected,
-                        got: event.position,
-                    });
-                }
-                // Apply the consecutive prefix; the next chunk finds the gap.
-                events.truncate(i);
-                break;
+        let consecutive = (checkpoint + 1..)
+            .zip(&events)
+            .take_while(|(expected, event)| event.position == *expected)
+            .count();
+        if consecutive < events.len() {
+            if consecutive == 0 {
+                return Ok(Step::Gap {
+                    expected: checkpoint + 1,
+                    got: events[0].position,
+                });
             }
-            expected += 1;
+            // Apply the consecutive prefix; the next chunk finds the gap.
+            events.truncate(consecutive);
         }
         if events.is_empty() {
             return Ok(Step::Applied(checkpoint));

@@ -3,10 +3,12 @@
 //! checkpoint cost one round trip and commit as one implicit transaction.
 //!
 //! Values are rendered as typed literals by [`Lit`], the only place text
-//! from events meets SQL: strings are quoted by doubling `'` (the batch
-//! pins `standard_conforming_strings = on`, so a backslash is just a
-//! backslash), NUL is dropped (Postgres text cannot hold it), and every
-//! other kind renders from a type that cannot carry a quote.
+//! from events meets SQL: strings are escape-string constants (`E'...'`)
+//! with `\` and `'` doubled, which read the same whatever the session's
+//! `standard_conforming_strings` (a `SET` inside the batch could not help:
+//! Postgres tokenizes the whole string before running any of it). NUL is
+//! dropped (Postgres text cannot hold it); every other kind renders from a
+//! type that cannot carry a quote.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use std::fmt::Write;
@@ -33,10 +35,11 @@ impl Lit<'_> {
                 let _ = write!(out, "{i}");
             }
             Lit::Text(s) => {
-                out.push('\'');
+                out.push_str("E'");
                 for c in s.chars() {
                     match c {
                         '\'' => out.push_str("''"),
+                        '\\' => out.push_str("\\\\"),
                         '\0' => {}
                         c => out.push(c),
                     }
@@ -106,9 +109,7 @@ impl SqlBatch {
     /// constant of this crate, never input.
     pub fn new(schema: &str) -> Self {
         debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-        let sql = format!(
-            "SET LOCAL standard_conforming_strings = on;\nSET LOCAL search_path = {schema}, public;\n"
-        );
+        let sql = format!("SET LOCAL search_path = {schema}, public;\n");
         Self {
             body: sql.len(),
             sql,
@@ -185,7 +186,7 @@ mod tests {
         );
         assert!(batch
             .as_sql()
-            .ends_with("INSERT INTO t VALUES ('it''s \\ fine', -4, NULL, true);\n"));
+            .ends_with("INSERT INTO t VALUES (E'it''s \\\\ fine', -4, NULL, true);\n"));
         assert_eq!(batch.statements(), 1);
     }
 

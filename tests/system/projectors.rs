@@ -652,13 +652,20 @@ async fn apply_twice(projector: Arc<dyn Projector>, events: &[Envelope]) -> (PgP
     (pool, applied)
 }
 
+// Rows as the tests read them back.
+type UserRow = (Uuid, String, DateTime<Utc>, DateTime<Utc>, i64);
+type MemberRow = (Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>);
+type WorkspaceRow = (Uuid, Uuid, String, Uuid, DateTime<Utc>, DateTime<Utc>);
+type FileRow = (Uuid, String, Uuid, Uuid, i64, i64, Uuid, DateTime<Utc>);
+type VersionRow = (Uuid, i64, Uuid, String, String, i64, Uuid, DateTime<Utc>);
+
 // One test per projector -------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_apply_twice() {
     let h = history();
     let (pool, _) = apply_twice(Arc::new(Users), &h.log).await;
-    let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
+    let rows: Vec<UserRow> = sqlx::query_as(
         "SELECT user_id, display_name, registered_at, updated_at, version
            FROM read.users ORDER BY registered_at",
     )
@@ -743,7 +750,7 @@ async fn projects_apply_twice() {
     );
 
     // Alice was invited and removed; Bob was invited as a viewer, promoted.
-    let members: Vec<(Uuid, Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let members: Vec<MemberRow> = sqlx::query_as(
         "SELECT project_id, user_id, role, joined_at, updated_at
            FROM read.members ORDER BY joined_at",
     )
@@ -776,7 +783,7 @@ async fn projects_apply_twice() {
     assert_eq!(disagreeing, 0);
 
     // w1 renamed, w2 deleted.
-    let workspaces: Vec<(Uuid, Uuid, String, Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let workspaces: Vec<WorkspaceRow> = sqlx::query_as(
         "SELECT workspace_id, project_id, name, created_by, created_at, updated_at
                FROM read.workspaces",
     )
@@ -805,7 +812,7 @@ async fn files_apply_twice() {
     let notes = FileId::for_path(h.w2, NOTES).as_uuid();
 
     // a.py is deleted; notes.txt is back at version 3.
-    let files: Vec<(Uuid, String, Uuid, Uuid, i64, i64, Uuid, DateTime<Utc>)> = sqlx::query_as(
+    let files: Vec<FileRow> = sqlx::query_as(
         "SELECT workspace_id, path, file_id, project_id, version, size_bytes, updated_by, updated_at
            FROM read.files ORDER BY path COLLATE \"C\"",
     )
@@ -839,14 +846,13 @@ async fn files_apply_twice() {
     );
 
     // Every saved content stays, deleted or not.
-    let versions: Vec<(Uuid, i64, Uuid, String, String, i64, Uuid, DateTime<Utc>)> =
-        sqlx::query_as(
-            "SELECT file_id, version, workspace_id, path, content, size_bytes, saved_by, saved_at
+    let versions: Vec<VersionRow> = sqlx::query_as(
+        "SELECT file_id, version, workspace_id, path, content, size_bytes, saved_by, saved_at
                FROM read.file_versions ORDER BY saved_at",
-        )
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let row = |file: Uuid,
                version: i64,
                w: WorkspaceId,

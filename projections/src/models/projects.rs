@@ -72,7 +72,7 @@ impl Projector for Projects {
                 add_member(batch, &project, user_id.as_uuid(), role, &at);
                 batch.push(
                     "UPDATE projects SET member_count = member_count + 1 WHERE project_id = $1",
-                    &[project.clone()],
+                    std::slice::from_ref(&project),
                 );
             }
             ProjectEvent::MemberRoleChanged {
@@ -96,7 +96,7 @@ impl Projector for Projects {
                 );
                 batch.push(
                     "UPDATE projects SET member_count = member_count - 1 WHERE project_id = $1",
-                    &[project.clone()],
+                    std::slice::from_ref(&project),
                 );
             }
             ProjectEvent::WorkspaceCreated {
