@@ -7,12 +7,16 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
+use redis::AsyncCommands;
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::{json, Value};
 use tandem_commands::db::PoolConfig;
+use tandem_commands::relay::RelayConfig;
 use tandem_commands::sequencer::SequencerConfig;
 use tandem_commands::WriteSideConfig;
+use tandem_domain::envelope::BusNames;
 use tandem_gateway::{GatewayConfig, Secret};
+use tandem_projections::consumer::ConsumerConfig;
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -24,6 +28,8 @@ use crate::stack::{self, Endpoints, Stack, StackOptions};
 /// every concurrent loop (so no request pays for a new TCP connection).
 #[derive(Clone)]
 pub(super) struct Api {
+    /// `http://<addr>`: the operations endpoints (`/healthz`, `/metrics`).
+    origin: String,
     base: String,
     client: Client,
 }
@@ -35,9 +41,26 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self {
+            origin: format!("http://{addr}"),
             base: format!("http://{addr}/api/v1"),
             client,
         })
+    }
+
+    /// `http://<addr>`, without the API prefix.
+    pub(super) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The full URL of an API path (`/projects` -> `http://<addr>/api/v1/projects`).
+    pub(super) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request outside the API prefix (`/healthz`, `/metrics`).
+    pub(super) fn operations(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.origin))
     }
 
     pub(super) fn request(
@@ -54,7 +77,7 @@ impl Api {
     }
 
     /// Sends a setup request (not measured): anything but 2xx is an error.
-    async fn expect_ok(&self, request: RequestBuilder) -> anyhow::Result<Value> {
+    pub(super) async fn expect_ok(&self, request: RequestBuilder) -> anyhow::Result<Value> {
         let response = request.send().await?;
         let status = response.status();
         let text = response.text().await?;
@@ -65,21 +88,53 @@ impl Api {
     }
 }
 
+/// What runs besides the gateway and the sequencer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Roles {
+    /// The command path alone: no relay, no projections.
+    CommandPath,
+    /// Also the relay (log to JetStream) and the projections (JetStream to
+    /// the read models and the hot state), with their default settings.
+    WithReadSide,
+}
+
 /// A whole stack in this process, as `tandem up` runs it (sequencer on,
 /// default write side), minus the rate limits, which would measure
 /// themselves instead of the command path.
 pub(super) struct Running {
     pub(super) stack: Stack,
     pub(super) api: Api,
+    /// This run's own NATS/Redis namespace (`bench<uuid>`).
+    pub(super) namespace: String,
 }
 
 impl Running {
+    /// The command path alone (no relay, no projections).
     pub(super) async fn start(
         common: &Common,
         db: &BenchDatabase,
         pool_size: u32,
         http_connections: usize,
         write: WriteSideConfig,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            common,
+            db,
+            pool_size,
+            http_connections,
+            write,
+            Roles::CommandPath,
+        )
+        .await
+    }
+
+    pub(super) async fn start_with(
+        common: &Common,
+        db: &BenchDatabase,
+        pool_size: u32,
+        http_connections: usize,
+        write: WriteSideConfig,
+        roles: Roles,
     ) -> anyhow::Result<Self> {
         let endpoints = Endpoints {
             database_url: db.url.clone(),
@@ -92,17 +147,25 @@ impl Running {
         };
         let connections = stack::connect(&endpoints).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let gateway = bench_gateway_config();
+        let namespace = gateway.namespace.clone();
+        let read_side = roles == Roles::WithReadSide;
         let options = StackOptions {
-            gateway: bench_gateway_config(),
+            gateway,
             write,
             sequencer: Some(SequencerConfig::default()),
-            // The command path alone, as the foundation's goal measures it.
-            relay: None,
-            projections: None,
+            // Without the read side: the command path alone, as the
+            // foundation's goal measures it.
+            relay: read_side.then(RelayConfig::default),
+            projections: read_side.then(ConsumerConfig::default),
         };
         let stack = Stack::start(connections, listener, options).await?;
         let api = Api::new(stack.addr, http_connections)?;
-        Ok(Self { stack, api })
+        Ok(Self {
+            stack,
+            api,
+            namespace,
+        })
     }
 
     /// Stops the roles and closes the pool, so its connections do not
@@ -110,6 +173,38 @@ impl Running {
     pub(super) async fn stop(self) {
         self.stack.stop().await;
     }
+
+    /// Stops, then removes what the run left on the shared servers: its
+    /// JetStream events stream (with its consumers) and its Redis keys.
+    /// Best effort: a failure is reported, not fatal.
+    pub(super) async fn stop_and_clean(self, common: &Common) {
+        let namespace = self.namespace.clone();
+        self.stop().await;
+        if let Err(e) = remove_namespace(common, &namespace).await {
+            eprintln!("bench: could not remove namespace {namespace} from NATS/Redis: {e:#}");
+        }
+    }
+}
+
+/// Deletes namespace `namespace`'s events stream and Redis keys.
+async fn remove_namespace(common: &Common, namespace: &str) -> anyhow::Result<()> {
+    let names = BusNames::new(namespace)?;
+    let nats = async_nats::connect(common.nats_url.as_str()).await?;
+    let js = async_nats::jetstream::new(nats);
+    // Absent when the relay never created it: nothing to remove.
+    let _ = js.delete_stream(names.events_stream()).await;
+    let mut redis = redis::Client::open(common.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = redis
+        .scan_match::<_, String>(format!("{namespace}:*"))
+        .await?
+        .try_collect()
+        .await?;
+    for chunk in keys.chunks(500) {
+        redis.del::<_, ()>(chunk).await?;
+    }
+    Ok(())
 }
 
 /// A random JWT key and a fresh namespace per run, so a bench never shares

@@ -32,6 +32,9 @@ mod harness;
 mod login_storm;
 mod measure;
 mod pgbench;
+mod pipeline;
+mod queries;
+mod replay;
 
 use clap::Subcommand;
 
@@ -39,6 +42,9 @@ use crate::settings::Common;
 
 pub use commands::CommandsArgs;
 pub use login_storm::LoginStormArgs;
+pub use pipeline::PipelineArgs;
+pub use queries::QueriesArgs;
+pub use replay::ReplayArgs;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Which {
@@ -46,11 +52,21 @@ pub enum Which {
     Commands(CommandsArgs),
     /// Latency of ordinary requests while concurrent logins keep Argon2 busy.
     LoginStorm(LoginStormArgs),
+    /// Rebuilding every projection from a generated log of 1M+ events.
+    Replay(ReplayArgs),
+    /// `GET /projects` (cached) vs a hello-world endpoint of the same server.
+    Queries(QueriesArgs),
+    /// Latency at a fixed command rate: commit → JetStream ack, and
+    /// command accepted → visible in its read model.
+    Pipeline(PipelineArgs),
 }
 
 pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
     match which {
         Which::Commands(args) => commands::commands(common, args).await,
         Which::LoginStorm(args) => login_storm::login_storm(common, args).await,
+        Which::Replay(args) => replay::replay(common, args).await,
+        Which::Queries(args) => queries::queries(common, args).await,
+        Which::Pipeline(args) => pipeline::pipeline(common, args).await,
     }
 }

@@ -125,6 +125,7 @@ async fn template() -> &'static str {
                         .await;
                 }
             }
+            delete_stale_streams(cutoff).await;
             sqlx::query("SELECT pg_advisory_unlock(7261756)")
                 .execute(&mut admin)
                 .await
@@ -133,6 +134,35 @@ async fn template() -> &'static str {
             name
         })
         .await
+}
+
+/// Deletes the events streams of test namespaces born before `cutoff`
+/// (`T<unix secs>N<hex>_EVENTS`); NATS being away only skips the cleanup.
+async fn delete_stale_streams(cutoff: u64) {
+    use futures::StreamExt;
+    let Ok(client) = async_nats::connect(nats_url()).await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for name in names {
+        let born = name
+            .strip_prefix('T')
+            .and_then(|rest| rest.split_once('N'))
+            .and_then(|(secs, _)| secs.parse::<u64>().ok());
+        // Runs before the birth time was in the name: a bare 32-hex id.
+        let legacy = name
+            .strip_prefix('T')
+            .and_then(|rest| rest.strip_suffix("_EVENTS"))
+            .is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()));
+        if legacy || (born.is_some_and(|b| b < cutoff) && name.ends_with("_EVENTS")) {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
 }
 
 /// A fresh, migrated database; returns its URL.
@@ -220,7 +250,9 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
-    let namespace = format!("t{}", Uuid::new_v4().simple());
+    // The birth time in the name lets a later run remove the NATS streams
+    // of runs that were killed before cleaning up.
+    let namespace = format!("t{}n{}", now_secs(), &Uuid::new_v4().simple().to_string()[..12]);
     let mut options = Options {
         gateway: gateway_config(&namespace),
         write: WriteSideConfig {
