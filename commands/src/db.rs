@@ -31,7 +31,10 @@ pub async fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, sqlx::Err
     // batch is megabytes of SQL carrying users' file contents.
     let options = PgConnectOptions::from_str(url)?
         .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::from_secs(1));
+        .log_slow_statements(
+            tracing::log::LevelFilter::Off,
+            std::time::Duration::from_secs(1),
+        );
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)

@@ -6,6 +6,8 @@
 //! - [`models`]: the Postgres read models in schema `read` (users,
 //!   projects + members + workspaces, files + versions, jobs + attempts,
 //!   daily activity), documented for analysts in `docs/analytics.md`.
+//! - [`rows`]: [`rows::RowOps`], row operations folded per batch and
+//!   rendered as a few multi-row statements.
 //! - [`sql`]: [`sql::SqlBatch`], a batch of statements sent in one round trip.
 //! - [`tables`]: [`TableProjection`], a projector bound to a schema and a
 //!   checkpoint, applying batches with their checkpoint atomically.
@@ -28,6 +30,7 @@ pub mod positions;
 pub mod projector;
 pub mod queries;
 pub mod rebuild;
+pub mod rows;
 pub mod sql;
 pub mod tables;
 

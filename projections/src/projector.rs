@@ -1,15 +1,15 @@
 //! [`Projector`]: how one read model turns events into SQL statements.
 //!
 //! A projector is pure: it sees one event at a time, in log order, and
-//! adds statements to a [`SqlBatch`]; the runner owns transactions,
-//! checkpoints and delivery. Statements name tables without a schema: the
-//! batch's `search_path` says whether they land in the live schema `read`
-//! or in a rebuild's fresh schema.
+//! says what happens to which rows ([`RowOps`]); the runner owns
+//! transactions, checkpoints and delivery. Row operations name tables
+//! without a schema: the batch's `search_path` says whether they land in
+//! the live schema `read` or in a rebuild's fresh schema.
 
 use tandem_domain::envelope::{Envelope, EnvelopeError};
 use uuid::Uuid;
 
-use crate::sql::SqlBatch;
+use crate::rows::RowOps;
 
 pub trait Projector: Send + Sync + 'static {
     /// Stable name: checkpoint key, consumer name, `tandem replay --projection`.
@@ -19,9 +19,9 @@ pub trait Projector: Send + Sync + 'static {
     /// order in which they can be created.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Adds the statements for one event; events it does not care about
+    /// Adds the row operations of one event; events it does not care about
     /// add nothing.
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError>;
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError>;
 }
 
 #[derive(Debug, thiserror::Error)]

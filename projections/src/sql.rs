@@ -15,21 +15,25 @@ use std::fmt::Write;
 use uuid::Uuid;
 
 /// A value in a statement.
-#[derive(Clone, Debug)]
-pub enum Lit<'a> {
-    Null,
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lit {
+    /// A NULL of this SQL type (typed, so multi-row `VALUES` lists know
+    /// their column types even when every row is NULL).
+    Null(&'static str),
     Bool(bool),
     Int(i64),
-    Text(&'a str),
+    Text(String),
     Uuid(Uuid),
     Time(DateTime<Utc>),
     Date(NaiveDate),
 }
 
-impl Lit<'_> {
-    fn render(&self, out: &mut String) {
+impl Lit {
+    pub fn render(&self, out: &mut String) {
         match self {
-            Lit::Null => out.push_str("NULL"),
+            Lit::Null(ty) => {
+                let _ = write!(out, "NULL::{ty}");
+            }
             Lit::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Lit::Int(i) => {
                 let _ = write!(out, "{i}");
@@ -57,41 +61,80 @@ impl Lit<'_> {
             }
         }
     }
+
+    /// Roughly the bytes it renders to (for cutting batches).
+    pub fn size(&self) -> usize {
+        match self {
+            Lit::Text(s) => s.len() + 4,
+            _ => 40,
+        }
+    }
 }
 
-impl<'a> From<&'a str> for Lit<'a> {
-    fn from(s: &'a str) -> Self {
+/// A Rust type with its SQL type, so `None` renders as a typed NULL.
+pub trait SqlType {
+    const SQL: &'static str;
+}
+impl SqlType for i64 {
+    const SQL: &'static str = "bigint";
+}
+impl SqlType for bool {
+    const SQL: &'static str = "boolean";
+}
+impl SqlType for String {
+    const SQL: &'static str = "text";
+}
+impl SqlType for &String {
+    const SQL: &'static str = "text";
+}
+impl SqlType for &str {
+    const SQL: &'static str = "text";
+}
+impl SqlType for Uuid {
+    const SQL: &'static str = "uuid";
+}
+impl SqlType for DateTime<Utc> {
+    const SQL: &'static str = "timestamptz";
+}
+
+impl From<&str> for Lit {
+    fn from(s: &str) -> Self {
+        Lit::Text(s.to_owned())
+    }
+}
+impl From<&String> for Lit {
+    fn from(s: &String) -> Self {
+        Lit::Text(s.clone())
+    }
+}
+impl From<String> for Lit {
+    fn from(s: String) -> Self {
         Lit::Text(s)
     }
 }
-impl<'a> From<&'a String> for Lit<'a> {
-    fn from(s: &'a String) -> Self {
-        Lit::Text(s)
-    }
-}
-impl From<Uuid> for Lit<'_> {
+impl From<Uuid> for Lit {
     fn from(u: Uuid) -> Self {
         Lit::Uuid(u)
     }
 }
-impl From<i64> for Lit<'_> {
+impl From<i64> for Lit {
     fn from(i: i64) -> Self {
         Lit::Int(i)
     }
 }
-impl From<bool> for Lit<'_> {
+impl From<bool> for Lit {
     fn from(b: bool) -> Self {
         Lit::Bool(b)
     }
 }
-impl From<DateTime<Utc>> for Lit<'_> {
+impl From<DateTime<Utc>> for Lit {
     fn from(t: DateTime<Utc>) -> Self {
         Lit::Time(t)
     }
 }
-impl<'a, T: Into<Lit<'a>>> From<Option<T>> for Lit<'a> {
+impl<T: Into<Lit> + SqlType> From<Option<T>> for Lit {
     fn from(v: Option<T>) -> Self {
-        v.map_or(Lit::Null, Into::into)
+        v.map_or(Lit::Null(T::SQL), Into::into)
     }
 }
 
@@ -99,8 +142,6 @@ impl<'a, T: Into<Lit<'a>>> From<Option<T>> for Lit<'a> {
 #[derive(Debug)]
 pub struct SqlBatch {
     sql: String,
-    /// Where the statements start (after the `SET LOCAL` prelude).
-    body: usize,
     statements: usize,
 }
 
@@ -110,17 +151,13 @@ impl SqlBatch {
     pub fn new(schema: &str) -> Self {
         debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         let sql = format!("SET LOCAL search_path = {schema}, public;\n");
-        Self {
-            body: sql.len(),
-            sql,
-            statements: 0,
-        }
+        Self { sql, statements: 0 }
     }
 
     /// Appends `template` with `$1`, `$2`, ... replaced by `args` rendered
     /// as literals. Templates are constants of this crate: a `$` in one is
     /// always a placeholder.
-    pub fn push(&mut self, template: &str, args: &[Lit<'_>]) {
+    pub fn push(&mut self, template: &str, args: &[Lit]) {
         let mut rest = template;
         while let Some(at) = rest.find('$') {
             self.sql.push_str(&rest[..at]);
@@ -142,10 +179,11 @@ impl SqlBatch {
         self.statements
     }
 
-    /// Appends `other`'s statements (not its prelude) after these.
-    pub fn append(&mut self, other: &SqlBatch) {
-        self.sql.push_str(&other.sql[other.body..]);
-        self.statements += other.statements;
+    /// Appends a statement rendered elsewhere (by [`crate::rows`]).
+    pub fn raw(&mut self, statement: &str) {
+        self.sql.push_str(statement);
+        self.sql.push_str(";\n");
+        self.statements += 1;
     }
 
     /// Bytes of SQL so far: the runner cuts batches before they grow huge.
@@ -172,21 +210,21 @@ mod tests {
         batch.push(
             "INSERT INTO t VALUES ($1, $2, $3, $10)",
             &[
-                Lit::Text("it's \\ fine\0"),
+                Lit::from("it's \\ fine\0"),
                 Lit::Int(-4),
-                Lit::Null,
+                Lit::Null("text"),
                 Lit::Bool(false),
-                Lit::Null,
-                Lit::Null,
-                Lit::Null,
-                Lit::Null,
-                Lit::Null,
+                Lit::Null("text"),
+                Lit::Null("text"),
+                Lit::Null("text"),
+                Lit::Null("text"),
+                Lit::Null("text"),
                 Lit::Bool(true),
             ],
         );
         assert!(batch
             .as_sql()
-            .ends_with("INSERT INTO t VALUES (E'it''s \\\\ fine', -4, NULL, true);\n"));
+            .ends_with("INSERT INTO t VALUES (E'it''s \\\\ fine', -4, NULL::text, true);\n"));
         assert_eq!(batch.statements(), 1);
     }
 
@@ -197,6 +235,6 @@ mod tests {
         batch.push("SELECT $1, $2", &[Lit::Uuid(id), Lit::from(None::<i64>)]);
         assert!(batch
             .as_sql()
-            .contains(&format!("SELECT '{id}'::uuid, NULL;")));
+            .contains(&format!("SELECT '{id}'::uuid, NULL::bigint;")));
     }
 }

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use tandem_domain::envelope::Envelope;
 
 use crate::projector::{ProjectionError, Projector};
+use crate::rows::RowOps;
 use crate::sql::{Lit, SqlBatch};
 
 /// A round trip carries at most about this much SQL; a batch of large
@@ -76,33 +77,32 @@ impl TableProjection {
     /// or below `after` are skipped. Returns the new checkpoint.
     pub async fn apply(&self, after: i64, events: &[Envelope]) -> Result<i64, ApplyError> {
         let mut from = after;
-        let mut batch = SqlBatch::new(&self.schema);
+        let mut rows = RowOps::new();
         let mut last = after;
         for event in events.iter().filter(|e| e.position > after) {
-            self.projector.project(event, &mut batch)?;
+            self.projector.project(event, &mut rows)?;
             last = event.position;
-            if batch.len() >= MAX_SQL_BYTES {
-                self.commit(batch, from, last).await?;
+            if rows.size() >= MAX_SQL_BYTES {
+                self.commit(std::mem::take(&mut rows), from, last).await?;
                 from = last;
-                batch = SqlBatch::new(&self.schema);
             }
         }
         if last > from {
-            self.commit(batch, from, last).await?;
+            self.commit(rows, from, last).await?;
         }
         Ok(last)
     }
 
     /// The checkpoint moves first: that locks its row, so a rebuild's swap
     /// (which holds it) makes this batch wait before touching any table.
-    async fn commit(&self, batch: SqlBatch, from: i64, to: i64) -> Result<(), sqlx::Error> {
-        let mut all = SqlBatch::new(&self.schema);
-        all.push(
+    async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), sqlx::Error> {
+        let mut batch = SqlBatch::new(&self.schema);
+        batch.push(
             "SELECT tandem_advance_projection($1, $2, $3)",
-            &[Lit::Text(&self.checkpoint), Lit::Int(from), Lit::Int(to)],
+            &[Lit::from(&self.checkpoint), Lit::Int(from), Lit::Int(to)],
         );
-        all.append(&batch);
-        sqlx::raw_sql(all.as_sql()).execute(&self.pool).await?;
+        rows.render(&mut batch);
+        sqlx::raw_sql(batch.as_sql()).execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -4,7 +4,8 @@ use tandem_domain::envelope::Envelope;
 use uuid::Uuid;
 
 use crate::projector::{ProjectionError, Projector};
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::RowOps;
+use crate::sql::Lit;
 
 pub struct Activity;
 
@@ -19,21 +20,20 @@ impl Projector for Activity {
 
     /// Counts every event of a project, whatever its type: nothing to
     /// decode, so no event can be missed.
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError> {
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         let Some(project) = event.projectid else {
             return Ok(());
         };
-        batch.push(
-            "INSERT INTO activity_daily (project_id, day, event_type, actor_id, events)
-             VALUES ($1, $2, $3, $4, 1)
-             ON CONFLICT (project_id, day, event_type, actor_id)
-             DO UPDATE SET events = activity_daily.events + 1",
-            &[
-                project.into(),
-                Lit::Date(event.time.date_naive()),
-                (&event.event_type).into(),
-                event.actorid.unwrap_or(Uuid::nil()).into(),
+        rows.count(
+            "activity_daily",
+            vec![
+                ("project_id", project.into()),
+                ("day", Lit::Date(event.time.date_naive())),
+                ("event_type", (&event.event_type).into()),
+                ("actor_id", event.actorid.unwrap_or(Uuid::nil()).into()),
             ],
+            "events",
+            1,
         );
         Ok(())
     }

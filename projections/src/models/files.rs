@@ -6,7 +6,8 @@ use tandem_domain::envelope::Envelope;
 use tandem_domain::file::{File, FileEvent};
 
 use crate::projector::{aggregate_uuid, ProjectionError, Projector};
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::RowOps;
+use crate::sql::Lit;
 
 pub struct Files;
 
@@ -19,7 +20,7 @@ impl Projector for Files {
         &["files", "file_versions"]
     }
 
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError> {
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         if event.aggregatetype != File::TYPE {
             return Ok(());
         }
@@ -36,31 +37,32 @@ impl Projector for Files {
                 by,
             } => {
                 let size = Lit::Int(i64::try_from(size_bytes).unwrap_or(i64::MAX));
-                let args = [
-                    file,
-                    version,
-                    workspace_id.as_uuid().into(),
-                    (&path).into(),
-                    project_id.as_uuid().into(),
-                    size,
-                    by.as_uuid().into(),
-                    at,
-                    (&content).into(),
-                ];
-                batch.push(
-                    "INSERT INTO files (file_id, version, workspace_id, path, project_id, size_bytes,
-                                        updated_by, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (workspace_id, path) DO UPDATE SET
-                        version = EXCLUDED.version, size_bytes = EXCLUDED.size_bytes,
-                        updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at",
-                    &args,
+                let (workspace, path) = (Lit::Uuid(workspace_id.as_uuid()), Lit::from(path));
+                let (project, by) = (Lit::Uuid(project_id.as_uuid()), Lit::Uuid(by.as_uuid()));
+                rows.upsert(
+                    "files",
+                    vec![("workspace_id", workspace.clone()), ("path", path.clone())],
+                    vec![
+                        ("file_id", file.clone()),
+                        ("project_id", project.clone()),
+                        ("version", version.clone()),
+                        ("size_bytes", size.clone()),
+                        ("updated_by", by.clone()),
+                        ("updated_at", at.clone()),
+                    ],
                 );
-                batch.push(
-                    "INSERT INTO file_versions (file_id, version, workspace_id, path, project_id,
-                                                size_bytes, saved_by, saved_at, content)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &args,
+                rows.insert(
+                    "file_versions",
+                    vec![("file_id", file), ("version", version)],
+                    vec![
+                        ("workspace_id", workspace),
+                        ("path", path),
+                        ("project_id", project),
+                        ("size_bytes", size),
+                        ("saved_by", by),
+                        ("saved_at", at),
+                        ("content", content.into()),
+                    ],
                 );
             }
             FileEvent::FileDeleted {
@@ -68,9 +70,12 @@ impl Projector for Files {
                 path,
                 project_id: _,
                 by: _,
-            } => batch.push(
-                "DELETE FROM files WHERE workspace_id = $1 AND path = $2",
-                &[workspace_id.as_uuid().into(), (&path).into()],
+            } => rows.delete(
+                "files",
+                vec![
+                    ("workspace_id", workspace_id.as_uuid().into()),
+                    ("path", path.into()),
+                ],
             ),
         }
         Ok(())

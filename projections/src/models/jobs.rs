@@ -5,9 +5,11 @@
 use cqrs_es::Aggregate;
 use tandem_domain::envelope::Envelope;
 use tandem_domain::job::{Job, JobEvent};
+use uuid::Uuid;
 
 use crate::projector::{aggregate_uuid, ProjectionError, Projector};
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::{RowOps, Set};
+use crate::sql::Lit;
 
 pub struct Jobs;
 
@@ -19,6 +21,17 @@ fn finished_status(exit_code: i32) -> &'static str {
     }
 }
 
+fn to(value: impl Into<Lit>) -> Set {
+    Set::To(value.into())
+}
+
+fn attempt_key(job: Uuid, attempt: u32) -> Vec<(&'static str, Lit)> {
+    vec![
+        ("job_id", job.into()),
+        ("attempt", Lit::Int(i64::from(attempt))),
+    ]
+}
+
 impl Projector for Jobs {
     fn name(&self) -> &'static str {
         "jobs"
@@ -28,13 +41,22 @@ impl Projector for Jobs {
         &["jobs", "job_attempts"]
     }
 
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError> {
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         if event.aggregatetype != Job::TYPE {
             return Ok(());
         }
-        let job = Lit::Uuid(aggregate_uuid(event)?);
+        let job = aggregate_uuid(event)?;
+        let key = || vec![("job_id", Lit::Uuid(job))];
         let at = Lit::Time(event.time);
-        let version = Lit::Int(event.sequence);
+        let mut changes = vec![
+            ("updated_at", Set::To(at.clone())),
+            ("version", Set::To(Lit::Int(event.sequence))),
+        ];
+        let mut changes_with = |more: Vec<(&'static str, Set)>| {
+            changes.extend(more);
+            std::mem::take(&mut changes)
+        };
+        let null_time = || to(Lit::Null("timestamptz"));
         match event.decode::<JobEvent>()? {
             JobEvent::JobSubmitted {
                 project_id,
@@ -48,35 +70,58 @@ impl Projector for Jobs {
                 source: _,
                 file_version: _,
                 stdin: _,
-            } => batch.push(
-                "INSERT INTO jobs (job_id, project_id, submitted_by, language, status, workspace_id,
-                                   path, timeout_ms, max_attempts, submitted_at, updated_at, version)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $9, $10)",
-                &[
-                    job,
-                    project_id.as_uuid().into(),
-                    submitted_by.as_uuid().into(),
-                    language.as_str().into(),
-                    workspace_id.map(|w| w.as_uuid()).into(),
-                    path.as_ref().into(),
-                    Lit::Int(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
-                    Lit::Int(i64::from(max_attempts)),
-                    at,
-                    version,
-                ],
-            ),
-            JobEvent::JobAttemptStarted { attempt, worker } => {
-                let attempt = Lit::Int(i64::from(attempt));
-                batch.push(
-                    "UPDATE jobs SET status = 'running', attempts = $2, retry_at = NULL,
-                                     updated_at = $3, version = $4
-                     WHERE job_id = $1",
-                    &[job.clone(), attempt.clone(), at.clone(), version],
+            } => {
+                let none_int = Lit::Null("bigint");
+                let none_text = Lit::Null("text");
+                rows.insert(
+                    "jobs",
+                    key(),
+                    vec![
+                        ("project_id", project_id.as_uuid().into()),
+                        ("submitted_by", submitted_by.as_uuid().into()),
+                        ("language", language.as_str().into()),
+                        ("status", "queued".into()),
+                        ("workspace_id", workspace_id.map(|w| w.as_uuid()).into()),
+                        ("path", path.into()),
+                        (
+                            "timeout_ms",
+                            Lit::Int(i64::try_from(timeout_ms).unwrap_or(i64::MAX)),
+                        ),
+                        ("max_attempts", Lit::Int(i64::from(max_attempts))),
+                        ("attempts", Lit::Int(0)),
+                        ("exit_code", none_int.clone()),
+                        ("stdout", none_text.clone()),
+                        ("stderr", none_text.clone()),
+                        ("duration_ms", none_int),
+                        ("truncated", Lit::Null("boolean")),
+                        ("reason", none_text),
+                        ("retry_at", Lit::Null("timestamptz")),
+                        ("submitted_at", at.clone()),
+                        ("updated_at", at),
+                        ("finished_at", Lit::Null("timestamptz")),
+                        ("version", Lit::Int(event.sequence)),
+                    ],
                 );
-                batch.push(
-                    "INSERT INTO job_attempts (job_id, attempt, worker, status, started_at)
-                     VALUES ($1, $2, $3, 'running', $4)",
-                    &[job, attempt, (&worker).into(), at],
+            }
+            JobEvent::JobAttemptStarted { attempt, worker } => {
+                let changes = changes_with(vec![
+                    ("status", to("running")),
+                    ("attempts", to(i64::from(attempt))),
+                    ("retry_at", null_time()),
+                ]);
+                rows.update("jobs", key(), changes);
+                rows.insert(
+                    "job_attempts",
+                    attempt_key(job, attempt),
+                    vec![
+                        ("worker", worker.into()),
+                        ("status", "running".into()),
+                        ("exit_code", Lit::Null("bigint")),
+                        ("reason", Lit::Null("text")),
+                        ("duration_ms", Lit::Null("bigint")),
+                        ("started_at", at),
+                        ("finished_at", Lit::Null("timestamptz")),
+                    ],
                 );
             }
             JobEvent::JobCompleted {
@@ -87,78 +132,87 @@ impl Projector for Jobs {
                 duration_ms,
                 truncated,
             } => {
-                let status = Lit::Text(finished_status(exit_code));
-                let exit_code = Lit::Int(i64::from(exit_code));
-                let duration = Lit::Int(i64::try_from(duration_ms).unwrap_or(i64::MAX));
-                batch.push(
-                    "UPDATE jobs SET status = $2, exit_code = $3, stdout = $4, stderr = $5,
-                                     duration_ms = $6, truncated = $7, reason = NULL,
-                                     finished_at = $8, updated_at = $8, version = $9
-                     WHERE job_id = $1",
-                    &[
-                        job.clone(),
-                        status.clone(),
-                        exit_code.clone(),
-                        (&stdout).into(),
-                        (&stderr).into(),
-                        duration.clone(),
-                        truncated.into(),
-                        at.clone(),
-                        version,
+                let status = finished_status(exit_code);
+                let duration = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+                let changes = changes_with(vec![
+                    ("status", to(status)),
+                    ("exit_code", to(i64::from(exit_code))),
+                    ("stdout", to(stdout)),
+                    ("stderr", to(stderr)),
+                    ("duration_ms", to(duration)),
+                    ("truncated", to(truncated)),
+                    ("reason", to(Lit::Null("text"))),
+                    ("finished_at", to(at.clone())),
+                ]);
+                rows.update("jobs", key(), changes);
+                rows.update(
+                    "job_attempts",
+                    attempt_key(job, attempt),
+                    vec![
+                        ("status", to(status)),
+                        ("exit_code", to(i64::from(exit_code))),
+                        ("duration_ms", to(duration)),
+                        ("finished_at", to(at)),
                     ],
-                );
-                batch.push(
-                    "UPDATE job_attempts SET status = $3, exit_code = $4, duration_ms = $5, finished_at = $6
-                     WHERE job_id = $1 AND attempt = $2",
-                    &[job, Lit::Int(i64::from(attempt)), status, exit_code, duration, at],
                 );
             }
             JobEvent::JobAttemptFailed { attempt, reason } => {
-                batch.push(
-                    "UPDATE jobs SET status = 'queued', reason = $2, updated_at = $3, version = $4
-                     WHERE job_id = $1",
-                    &[job.clone(), (&reason).into(), at.clone(), version],
-                );
-                batch.push(
-                    "UPDATE job_attempts SET status = 'failed', reason = $3, finished_at = $4
-                     WHERE job_id = $1 AND attempt = $2",
-                    &[job, Lit::Int(i64::from(attempt)), (&reason).into(), at],
+                let changes = changes_with(vec![("status", to("queued")), ("reason", to(&reason))]);
+                rows.update("jobs", key(), changes);
+                rows.update(
+                    "job_attempts",
+                    attempt_key(job, attempt),
+                    vec![
+                        ("status", to("failed")),
+                        ("reason", to(reason)),
+                        ("finished_at", to(at)),
+                    ],
                 );
             }
             JobEvent::JobRetryScheduled {
                 retry_at,
                 next_attempt: _,
-            } => batch.push(
-                "UPDATE jobs SET status = 'queued', retry_at = $2, updated_at = $3, version = $4
-                 WHERE job_id = $1",
-                &[job, retry_at.into(), at, version],
-            ),
-            JobEvent::JobMarkedDead { reason } => batch.push(
-                "UPDATE jobs SET status = 'dead', reason = $2, retry_at = NULL, finished_at = $3,
-                                 updated_at = $3, version = $4
-                 WHERE job_id = $1",
-                &[job, (&reason).into(), at, version],
-            ),
+            } => {
+                let changes =
+                    changes_with(vec![("status", to("queued")), ("retry_at", to(retry_at))]);
+                rows.update("jobs", key(), changes);
+            }
+            JobEvent::JobMarkedDead { reason } => {
+                let changes = changes_with(vec![
+                    ("status", to("dead")),
+                    ("reason", to(reason)),
+                    ("retry_at", null_time()),
+                    ("finished_at", to(at)),
+                ]);
+                rows.update("jobs", key(), changes);
+            }
             JobEvent::JobCancelled { by: _ } => {
-                batch.push(
-                    "UPDATE jobs SET status = 'cancelled', retry_at = NULL, finished_at = $2,
-                                     updated_at = $2, version = $3
-                     WHERE job_id = $1",
-                    &[job.clone(), at.clone(), version],
-                );
-                batch.push(
+                let changes = changes_with(vec![
+                    ("status", to("cancelled")),
+                    ("retry_at", null_time()),
+                    ("finished_at", to(at.clone())),
+                ]);
+                rows.update("jobs", key(), changes);
+                // The running attempt, whichever it is, ends with the job.
+                rows.statement(
                     "UPDATE job_attempts SET status = 'cancelled', finished_at = $2
                      WHERE job_id = $1 AND status = 'running'",
-                    &[job, at],
+                    vec![job.into(), at],
                 );
             }
-            JobEvent::JobRetryRequested { by: _ } => batch.push(
-                "UPDATE jobs SET status = 'queued', exit_code = NULL, stdout = NULL, stderr = NULL,
-                                 duration_ms = NULL, truncated = NULL, reason = NULL,
-                                 finished_at = NULL, updated_at = $2, version = $3
-                 WHERE job_id = $1",
-                &[job, at, version],
-            ),
+            JobEvent::JobRetryRequested { by: _ } => {
+                let changes = changes_with(vec![
+                    ("status", to("queued")),
+                    ("exit_code", to(Lit::Null("bigint"))),
+                    ("stdout", to(Lit::Null("text"))),
+                    ("stderr", to(Lit::Null("text"))),
+                    ("duration_ms", to(Lit::Null("bigint"))),
+                    ("truncated", to(Lit::Null("boolean"))),
+                    ("reason", to(Lit::Null("text"))),
+                    ("finished_at", null_time()),
+                ]);
+                rows.update("jobs", key(), changes);
+            }
         }
         Ok(())
     }

@@ -5,14 +5,13 @@ use cqrs_es::Aggregate;
 use tandem_domain::envelope::Envelope;
 use tandem_domain::project::{Project, ProjectEvent};
 use tandem_domain::Role;
+use uuid::Uuid;
 
 use crate::projector::{aggregate_uuid, ProjectionError, Projector};
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::{RowOps, Set};
+use crate::sql::Lit;
 
 pub struct Projects;
-
-/// Every project event moves the project's version and `updated_at`.
-const TOUCH: &str = "UPDATE projects SET updated_at = $2, version = $3 WHERE project_id = $1";
 
 impl Projector for Projects {
     fn name(&self) -> &'static str {
@@ -23,13 +22,18 @@ impl Projector for Projects {
         &["projects", "members", "workspaces"]
     }
 
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError> {
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         if event.aggregatetype != Project::TYPE {
             return Ok(());
         }
-        let project = Lit::Uuid(aggregate_uuid(event)?);
+        let project = aggregate_uuid(event)?;
+        let key = || vec![("project_id", Lit::Uuid(project))];
         let at = Lit::Time(event.time);
-        let version = Lit::Int(event.sequence);
+        // Every project event moves the project's version and `updated_at`.
+        let mut changes = vec![
+            ("updated_at", Set::To(at.clone())),
+            ("version", Set::To(Lit::Int(event.sequence))),
+        ];
         match event.decode::<ProjectEvent>()? {
             ProjectEvent::ProjectCreated {
                 owner_id,
@@ -37,107 +41,113 @@ impl Projector for Projects {
                 description,
                 project_id: _,
             } => {
-                batch.push(
-                    "INSERT INTO projects (project_id, name, description, owner_id, member_count,
-                                           created_at, updated_at, version)
-                     VALUES ($1, $2, $3, $4, 1, $5, $5, $6)",
-                    &[
-                        project.clone(),
-                        (&name).into(),
-                        (&description).into(),
-                        owner_id.as_uuid().into(),
-                        at.clone(),
-                        version.clone(),
+                rows.insert(
+                    "projects",
+                    key(),
+                    vec![
+                        ("name", name.into()),
+                        ("description", description.into()),
+                        ("owner_id", owner_id.as_uuid().into()),
+                        ("archived", false.into()),
+                        ("archived_at", Lit::Null("timestamptz")),
+                        ("member_count", Lit::Int(1)),
+                        ("created_at", at.clone()),
+                        ("updated_at", at.clone()),
+                        ("version", Lit::Int(event.sequence)),
                     ],
                 );
-                add_member(batch, &project, owner_id.as_uuid(), Role::Owner, &at);
+                add_member(rows, project, owner_id.as_uuid(), Role::Owner, &at);
+                return Ok(());
             }
             ProjectEvent::ProjectDetailsUpdated {
                 name,
                 description,
                 by: _,
-            } => batch.push(
-                "UPDATE projects SET name = $2, description = $3 WHERE project_id = $1",
-                &[project.clone(), (&name).into(), (&description).into()],
-            ),
-            ProjectEvent::ProjectArchived { by: _ } => batch.push(
-                "UPDATE projects SET archived = true, archived_at = $2 WHERE project_id = $1",
-                &[project.clone(), at.clone()],
-            ),
+            } => {
+                changes.push(("name", Set::To(name.into())));
+                changes.push(("description", Set::To(description.into())));
+            }
+            ProjectEvent::ProjectArchived { by: _ } => {
+                changes.push(("archived", Set::To(true.into())));
+                changes.push(("archived_at", Set::To(at.clone())));
+            }
             ProjectEvent::CollaboratorInvited {
                 user_id,
                 role,
                 by: _,
             } => {
-                add_member(batch, &project, user_id.as_uuid(), role, &at);
-                batch.push(
-                    "UPDATE projects SET member_count = member_count + 1 WHERE project_id = $1",
-                    std::slice::from_ref(&project),
-                );
+                add_member(rows, project, user_id.as_uuid(), role, &at);
+                changes.push(("member_count", Set::Add(1)));
             }
             ProjectEvent::MemberRoleChanged {
                 user_id,
                 to,
                 from: _,
                 by: _,
-            } => batch.push(
-                "UPDATE members SET role = $3, updated_at = $4 WHERE project_id = $1 AND user_id = $2",
-                &[
-                    project.clone(),
-                    user_id.as_uuid().into(),
-                    to.as_str().into(),
-                    at.clone(),
+            } => rows.update(
+                "members",
+                member_key(project, user_id.as_uuid()),
+                vec![
+                    ("role", Set::To(to.as_str().into())),
+                    ("updated_at", Set::To(at.clone())),
                 ],
             ),
             ProjectEvent::MemberRemoved { user_id, by: _ } => {
-                batch.push(
-                    "DELETE FROM members WHERE project_id = $1 AND user_id = $2",
-                    &[project.clone(), user_id.as_uuid().into()],
-                );
-                batch.push(
-                    "UPDATE projects SET member_count = member_count - 1 WHERE project_id = $1",
-                    std::slice::from_ref(&project),
-                );
+                rows.delete("members", member_key(project, user_id.as_uuid()));
+                changes.push(("member_count", Set::Add(-1)));
             }
             ProjectEvent::WorkspaceCreated {
                 workspace_id,
                 name,
                 by,
-            } => batch.push(
-                "INSERT INTO workspaces (workspace_id, project_id, name, created_by, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-                &[
-                    workspace_id.as_uuid().into(),
-                    project.clone(),
-                    (&name).into(),
-                    by.as_uuid().into(),
-                    at.clone(),
+            } => rows.insert(
+                "workspaces",
+                vec![("workspace_id", workspace_id.as_uuid().into())],
+                vec![
+                    ("project_id", project.into()),
+                    ("name", name.into()),
+                    ("created_by", by.as_uuid().into()),
+                    ("created_at", at.clone()),
+                    ("updated_at", at.clone()),
                 ],
             ),
             ProjectEvent::WorkspaceRenamed {
                 workspace_id,
                 name,
                 by: _,
-            } => batch.push(
-                "UPDATE workspaces SET name = $2, updated_at = $3 WHERE workspace_id = $1",
-                &[workspace_id.as_uuid().into(), (&name).into(), at.clone()],
+            } => rows.update(
+                "workspaces",
+                vec![("workspace_id", workspace_id.as_uuid().into())],
+                vec![
+                    ("name", Set::To(name.into())),
+                    ("updated_at", Set::To(at.clone())),
+                ],
             ),
             ProjectEvent::WorkspaceDeleted {
                 workspace_id,
                 by: _,
-            } => batch.push(
-                "DELETE FROM workspaces WHERE workspace_id = $1",
-                &[workspace_id.as_uuid().into()],
+            } => rows.delete(
+                "workspaces",
+                vec![("workspace_id", workspace_id.as_uuid().into())],
             ),
         }
-        batch.push(TOUCH, &[project, at, version]);
+        rows.update("projects", key(), changes);
         Ok(())
     }
 }
 
-fn add_member(batch: &mut SqlBatch, project: &Lit<'_>, user: uuid::Uuid, role: Role, at: &Lit<'_>) {
-    batch.push(
-        "INSERT INTO members (project_id, user_id, role, joined_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-        &[project.clone(), user.into(), role.as_str().into(), at.clone()],
+fn member_key(project: Uuid, user: Uuid) -> Vec<(&'static str, Lit)> {
+    vec![("project_id", project.into()), ("user_id", user.into())]
+}
+
+fn add_member(rows: &mut RowOps, project: Uuid, user: Uuid, role: Role, at: &Lit) {
+    rows.insert(
+        "members",
+        member_key(project, user),
+        vec![
+            ("role", role.as_str().into()),
+            ("joined_at", at.clone()),
+            ("updated_at", at.clone()),
+        ],
     );
 }

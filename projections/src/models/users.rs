@@ -5,7 +5,8 @@ use tandem_domain::envelope::Envelope;
 use tandem_domain::user::{User, UserEvent};
 
 use crate::projector::{aggregate_uuid, ProjectionError, Projector};
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::{RowOps, Set};
+use crate::sql::Lit;
 
 pub struct Users;
 
@@ -18,25 +19,35 @@ impl Projector for Users {
         &["users"]
     }
 
-    fn project(&self, event: &Envelope, batch: &mut SqlBatch) -> Result<(), ProjectionError> {
+    fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         if event.aggregatetype != User::TYPE {
             return Ok(());
         }
-        let user = aggregate_uuid(event)?;
+        let key = vec![("user_id", Lit::Uuid(aggregate_uuid(event)?))];
         let (at, version) = (Lit::Time(event.time), Lit::Int(event.sequence));
         match event.decode::<UserEvent>()? {
             UserEvent::UserRegistered {
                 display_name,
                 user_id: _,
                 email: _,
-            } => batch.push(
-                "INSERT INTO users (user_id, display_name, registered_at, updated_at, version)
-                 VALUES ($1, $2, $3, $3, $4)",
-                &[user.into(), (&display_name).into(), at, version],
+            } => rows.insert(
+                "users",
+                key,
+                vec![
+                    ("display_name", display_name.into()),
+                    ("registered_at", at.clone()),
+                    ("updated_at", at),
+                    ("version", version),
+                ],
             ),
-            UserEvent::DisplayNameUpdated { display_name } => batch.push(
-                "UPDATE users SET display_name = $2, updated_at = $3, version = $4 WHERE user_id = $1",
-                &[user.into(), (&display_name).into(), at, version],
+            UserEvent::DisplayNameUpdated { display_name } => rows.update(
+                "users",
+                key,
+                vec![
+                    ("display_name", Set::To(display_name.into())),
+                    ("updated_at", Set::To(at)),
+                    ("version", Set::To(version)),
+                ],
             ),
         }
         Ok(())

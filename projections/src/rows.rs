@@ -1,0 +1,456 @@
+//! [`RowOps`]: what projectors say about rows (insert, upsert, update,
+//! delete, count), folded per batch and rendered as set-based SQL.
+//!
+//! Within one batch the operations on one row (table + key) fold into one:
+//! an insert followed by updates is one insert, two updates are one, an
+//! insert then a delete is nothing. The folded batch is rendered as one
+//! multi-row statement per table and kind (deletes first, then inserts,
+//! upserts, counters, updates), so a batch of thousands of events costs a
+//! handful of statements. Rows are independent, so the order across rows
+//! does not matter; where it would (an operation that does not fold, a
+//! statement on many rows), the fold so far is flushed first and order is
+//! kept.
+
+use std::collections::HashMap;
+
+use crate::sql::{Lit, SqlBatch};
+
+pub type Col = &'static str;
+
+/// A column's new value in an update.
+#[derive(Clone, Debug)]
+pub enum Set {
+    To(Lit),
+    Add(i64),
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    /// Nothing (the row is untouched, or gone if `deleted_first`).
+    None,
+    /// The row did not exist at the batch's start.
+    Insert(Vec<(Col, Lit)>),
+    /// Insert, or overwrite these columns.
+    Upsert(Vec<(Col, Lit)>),
+    Update(Vec<(Col, Set)>),
+    /// Insert with `n`, or add `n` to the column.
+    Count(Col, i64),
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    table: &'static str,
+    key: Vec<(Col, Lit)>,
+    /// Delete the row as it was at the batch's start before `body`.
+    deleted_first: bool,
+    body: Body,
+}
+
+/// The folded operations of a batch, in first-touch order.
+#[derive(Default)]
+pub struct RowOps {
+    rows: Vec<Pending>,
+    index: HashMap<String, usize>,
+    /// Statements already fixed in order (flushed folds, raw statements).
+    flushed: Vec<Flushed>,
+    size: usize,
+}
+
+enum Flushed {
+    Rows(Vec<Pending>),
+    Statement(String, Vec<Lit>),
+}
+
+fn row_id(table: &str, key: &[(Col, Lit)]) -> String {
+    let mut id = String::from(table);
+    for (_, value) in key {
+        id.push('|');
+        value.render(&mut id);
+    }
+    id
+}
+
+fn merge_values(into: &mut Vec<(Col, Lit)>, more: Vec<(Col, Lit)>) {
+    for (col, value) in more {
+        match into.iter_mut().find(|(c, _)| *c == col) {
+            Some(slot) => slot.1 = value,
+            None => into.push((col, value)),
+        }
+    }
+}
+
+/// Applies `set` to known values; `None` when it cannot (an `Add` to a
+/// column whose value is not a known integer).
+fn apply_sets(values: &mut Vec<(Col, Lit)>, set: &[(Col, Set)]) -> Option<()> {
+    for (col, change) in set {
+        match change {
+            Set::To(v) => merge_values(values, vec![(col, v.clone())]),
+            Set::Add(n) => match values.iter_mut().find(|(c, _)| c == col) {
+                Some((_, Lit::Int(current))) => *current += n,
+                _ => return None,
+            },
+        }
+    }
+    Some(())
+}
+
+fn merge_sets(into: &mut Vec<(Col, Set)>, more: Vec<(Col, Set)>) {
+    for (col, change) in more {
+        match into.iter_mut().find(|(c, _)| *c == col) {
+            None => into.push((col, change)),
+            Some(slot) => {
+                slot.1 = match (&slot.1, change) {
+                    (Set::Add(a), Set::Add(b)) => Set::Add(a + b),
+                    (Set::To(Lit::Int(v)), Set::Add(b)) => Set::To(Lit::Int(v + b)),
+                    (_, later) => later,
+                }
+            }
+        }
+    }
+}
+
+impl RowOps {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Roughly the bytes of SQL this will render to.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn fold(&mut self, table: &'static str, key: Vec<(Col, Lit)>, op: Body, delete: bool) {
+        self.size += key.iter().map(|(_, v)| v.size()).sum::<usize>() + body_size(&op);
+        let id = row_id(table, &key);
+        let op = match self.index.get(&id) {
+            None => op,
+            Some(&at) => match try_fold(&mut self.rows[at], op, delete) {
+                Ok(()) => return,
+                Err(op) => {
+                    self.flush();
+                    op
+                }
+            },
+        };
+        self.index.insert(id, self.rows.len());
+        self.rows.push(Pending {
+            table,
+            key,
+            deleted_first: delete,
+            body: op,
+        });
+    }
+
+    /// Fixes the fold so far in order; later operations start a new fold.
+    fn flush(&mut self) {
+        if !self.rows.is_empty() {
+            self.flushed
+                .push(Flushed::Rows(std::mem::take(&mut self.rows)));
+            self.index.clear();
+        }
+    }
+
+    pub fn insert(&mut self, table: &'static str, key: Vec<(Col, Lit)>, values: Vec<(Col, Lit)>) {
+        let mut all = key.clone();
+        all.extend(values);
+        self.fold(table, key, Body::Insert(all), false);
+    }
+
+    pub fn upsert(&mut self, table: &'static str, key: Vec<(Col, Lit)>, values: Vec<(Col, Lit)>) {
+        let mut all = key.clone();
+        all.extend(values);
+        self.fold(table, key, Body::Upsert(all), false);
+    }
+
+    pub fn update(&mut self, table: &'static str, key: Vec<(Col, Lit)>, set: Vec<(Col, Set)>) {
+        self.fold(table, key, Body::Update(set), false);
+    }
+
+    pub fn delete(&mut self, table: &'static str, key: Vec<(Col, Lit)>) {
+        self.fold(table, key, Body::None, true);
+    }
+
+    /// Adds `n` to a counter column, creating the row at `n`.
+    pub fn count(&mut self, table: &'static str, key: Vec<(Col, Lit)>, col: Col, n: i64) {
+        self.fold(table, key, Body::Count(col, n), false);
+    }
+
+    /// A statement on many rows (`$n` placeholders): runs after everything
+    /// before it and before everything after it.
+    pub fn statement(&mut self, template: &str, args: Vec<Lit>) {
+        self.flush();
+        self.size += template.len() + args.iter().map(Lit::size).sum::<usize>();
+        self.flushed
+            .push(Flushed::Statement(template.to_owned(), args));
+    }
+
+    /// Renders everything into `batch`, in order.
+    pub fn render(mut self, batch: &mut SqlBatch) {
+        self.flush();
+        for part in self.flushed {
+            match part {
+                Flushed::Rows(rows) => render_rows(rows, batch),
+                Flushed::Statement(template, args) => batch.push(&template, &args),
+            }
+        }
+    }
+}
+
+fn body_size(body: &Body) -> usize {
+    match body {
+        Body::None | Body::Count(..) => 16,
+        Body::Insert(values) | Body::Upsert(values) => {
+            values.iter().map(|(c, v)| c.len() + v.size()).sum()
+        }
+        Body::Update(set) => set
+            .iter()
+            .map(|(c, s)| c.len() + if let Set::To(v) = s { v.size() } else { 20 })
+            .sum(),
+    }
+}
+
+/// Folds `op` into `row`, or gives it back when it does not fold.
+fn try_fold(row: &mut Pending, op: Body, delete: bool) -> Result<(), Body> {
+    if delete {
+        // A row inserted in this batch did not exist before it.
+        row.deleted_first = row.deleted_first || !matches!(row.body, Body::Insert(_));
+        row.body = Body::None;
+        return Ok(());
+    }
+    let current = std::mem::replace(&mut row.body, Body::None);
+    let (body, result) = match (current, op) {
+        // The row is absent here: an update finds nothing.
+        (Body::None, Body::Update(_)) => (Body::None, Ok(())),
+        (Body::None, op) => (op, Ok(())),
+        (Body::Insert(values), Body::Update(set)) => {
+            let mut folded = values.clone();
+            match apply_sets(&mut folded, &set) {
+                Some(()) => (Body::Insert(folded), Ok(())),
+                None => (Body::Insert(values), Err(Body::Update(set))),
+            }
+        }
+        (Body::Insert(mut values), Body::Upsert(more)) => {
+            merge_values(&mut values, more);
+            (Body::Insert(values), Ok(()))
+        }
+        (Body::Upsert(mut values), Body::Upsert(more)) => {
+            merge_values(&mut values, more);
+            (Body::Upsert(values), Ok(()))
+        }
+        (Body::Upsert(values), Body::Update(set))
+            if set.iter().all(|(_, s)| matches!(s, Set::To(_))) =>
+        {
+            let mut folded = values;
+            apply_sets(&mut folded, &set).expect("plain values always apply");
+            (Body::Upsert(folded), Ok(()))
+        }
+        (Body::Update(mut set), Body::Update(more)) => {
+            merge_sets(&mut set, more);
+            (Body::Update(set), Ok(()))
+        }
+        (Body::Count(col, a), Body::Count(c, b)) if col == c => (Body::Count(col, a + b), Ok(())),
+        (current, op) => (current, Err(op)),
+    };
+    row.body = body;
+    result
+}
+
+fn cols(values: &[(Col, Lit)]) -> String {
+    values
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn tuple(values: impl Iterator<Item = Lit>, out: &mut String) {
+    out.push('(');
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        value.render(out);
+    }
+    out.push(')');
+}
+
+fn tuples(rows: impl Iterator<Item = Vec<Lit>>) -> String {
+    let mut out = String::new();
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.push_str(",\n");
+        }
+        tuple(row.into_iter(), &mut out);
+    }
+    out
+}
+
+/// Groups rows by a signature, keeping first-seen order of the groups.
+fn group<'r>(
+    rows: impl Iterator<Item = &'r Pending>,
+    signature: impl Fn(&Pending) -> Option<String>,
+) -> Vec<Vec<&'r Pending>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: HashMap<String, Vec<&Pending>> = HashMap::new();
+    for row in rows {
+        if let Some(sig) = signature(row) {
+            if !groups.contains_key(&sig) {
+                order.push(sig.clone());
+            }
+            groups.entry(sig).or_default().push(row);
+        }
+    }
+    order
+        .into_iter()
+        .map(|sig| groups.remove(&sig).unwrap_or_default())
+        .collect()
+}
+
+fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
+    // Deletes of rows as they were before the batch.
+    for g in group(rows.iter(), |r| {
+        r.deleted_first
+            .then(|| format!("{}|{}", r.table, cols(&r.key)))
+    }) {
+        let first = g[0];
+        let values = tuples(
+            g.iter()
+                .map(|r| r.key.iter().map(|(_, v)| v.clone()).collect()),
+        );
+        batch.raw(&format!(
+            "DELETE FROM {} WHERE ({}) IN ({values})",
+            first.table,
+            cols(&first.key)
+        ));
+    }
+    // New rows.
+    for g in group(rows.iter(), |r| match &r.body {
+        Body::Insert(values) => Some(format!("{}|{}", r.table, cols(values))),
+        _ => None,
+    }) {
+        let Body::Insert(first) = &g[0].body else {
+            unreachable!()
+        };
+        let values = tuples(g.iter().map(|r| match &r.body {
+            Body::Insert(values) => values.iter().map(|(_, v)| v.clone()).collect(),
+            _ => unreachable!(),
+        }));
+        batch.raw(&format!(
+            "INSERT INTO {} ({}) VALUES {values}",
+            g[0].table,
+            cols(first)
+        ));
+    }
+    // Rows written whether or not they existed.
+    for g in group(rows.iter(), |r| match &r.body {
+        Body::Upsert(values) => Some(format!("{}|{}|{}", r.table, cols(&r.key), cols(values))),
+        _ => None,
+    }) {
+        let r0 = g[0];
+        let Body::Upsert(first) = &r0.body else {
+            unreachable!()
+        };
+        let values = tuples(g.iter().map(|r| match &r.body {
+            Body::Upsert(values) => values.iter().map(|(_, v)| v.clone()).collect(),
+            _ => unreachable!(),
+        }));
+        let updates: Vec<String> = first
+            .iter()
+            .filter(|(c, _)| !r0.key.iter().any(|(k, _)| k == c))
+            .map(|(c, _)| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let action = if updates.is_empty() {
+            "NOTHING".to_owned()
+        } else {
+            format!("UPDATE SET {}", updates.join(", "))
+        };
+        batch.raw(&format!(
+            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO {action}",
+            r0.table,
+            cols(first),
+            cols(&r0.key)
+        ));
+    }
+    // Counters.
+    for g in group(rows.iter(), |r| match &r.body {
+        Body::Count(col, _) => Some(format!("{}|{}|{col}", r.table, cols(&r.key))),
+        _ => None,
+    }) {
+        let r0 = g[0];
+        let Body::Count(col, _) = &r0.body else {
+            unreachable!()
+        };
+        let values = tuples(g.iter().map(|r| {
+            match &r.body {
+                Body::Count(_, n) => r
+                    .key
+                    .iter()
+                    .map(|(_, v)| v.clone())
+                    .chain([Lit::Int(*n)])
+                    .collect(),
+                _ => unreachable!(),
+            }
+        }));
+        batch.raw(&format!(
+            "INSERT INTO {t} ({keys}, {col}) VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET {col} = {t}.{col} + EXCLUDED.{col}",
+            t = r0.table,
+            keys = cols(&r0.key),
+        ));
+    }
+    // Changes to rows that existed before the batch.
+    for g in group(rows.iter(), |r| match &r.body {
+        Body::Update(set) => Some(format!(
+            "{}|{}|{}",
+            r.table,
+            cols(&r.key),
+            set.iter()
+                .map(|(c, s)| format!("{c}{}", if matches!(s, Set::Add(_)) { "+" } else { "=" }))
+                .collect::<String>()
+        )),
+        _ => None,
+    }) {
+        let r0 = g[0];
+        let Body::Update(first) = &r0.body else {
+            unreachable!()
+        };
+        let values = tuples(g.iter().map(|r| {
+            match &r.body {
+                Body::Update(set) => r
+                    .key
+                    .iter()
+                    .map(|(_, v)| v.clone())
+                    .chain(set.iter().map(|(_, s)| match s {
+                        Set::To(v) => v.clone(),
+                        Set::Add(n) => Lit::Int(*n),
+                    }))
+                    .collect(),
+                _ => unreachable!(),
+            }
+        }));
+        let names: Vec<String> = r0
+            .key
+            .iter()
+            .map(|(c, _)| format!("k_{c}"))
+            .chain(first.iter().map(|(c, _)| format!("v_{c}")))
+            .collect();
+        let sets: Vec<String> = first
+            .iter()
+            .map(|(c, s)| match s {
+                Set::To(_) => format!("{c} = v.v_{c}"),
+                Set::Add(_) => format!("{c} = t.{c} + v.v_{c}"),
+            })
+            .collect();
+        let matches: Vec<String> = r0
+            .key
+            .iter()
+            .map(|(c, _)| format!("t.{c} = v.k_{c}"))
+            .collect();
+        batch.raw(&format!(
+            "UPDATE {} AS t SET {} FROM (VALUES {values}) AS v({}) WHERE {}",
+            r0.table,
+            sets.join(", "),
+            names.join(", "),
+            matches.join(" AND ")
+        ));
+    }
+}
