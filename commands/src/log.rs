@@ -23,6 +23,14 @@ pub struct LoggedEvent {
 }
 
 impl LoggedEvent {
+    /// The event's envelope, moving the payload instead of copying it.
+    pub fn into_envelope(mut self) -> tandem_domain::envelope::Envelope {
+        let payload = std::mem::take(&mut self.payload);
+        let mut envelope = tandem_domain::envelope::Envelope::from_log(&self.record());
+        envelope.data = Some(payload);
+        envelope
+    }
+
     /// The fields an envelope is built from.
     pub fn record(&self) -> LogRecord<'_> {
         LogRecord {

@@ -6,9 +6,9 @@
 //! - [`models`]: the Postgres read models in schema `read` (users,
 //!   projects + members + workspaces, files + versions, jobs + attempts,
 //!   daily activity), documented for analysts in `docs/analytics.md`.
-//! - [`rows`]: [`rows::RowOps`], row operations folded per batch and
-//!   rendered as a few multi-row statements.
-//! - [`sql`]: [`sql::SqlBatch`], a batch of statements sent in one round trip.
+//! - [`rows`]: [`rows::RowOps`], row operations folded per batch and run
+//!   as a few set-based statements.
+//! - [`sql`]: [`sql::Lit`] values and the typed array columns they travel in.
 //! - [`tables`]: [`TableProjection`], a projector bound to a schema and a
 //!   checkpoint, applying batches with their checkpoint atomically.
 //! - [`consumer`]: the durable JetStream consumer feeding a [`consumer::Sink`].

@@ -22,7 +22,7 @@ use tandem_domain::envelope::Envelope;
 
 use crate::consumer::BoxError;
 use crate::projector::Projector;
-use crate::tables::{TableProjection, LIVE_SCHEMA};
+use crate::tables::{ApplyError, TableProjection, LIVE_SCHEMA};
 
 /// Events read from the log per round.
 const CHUNK: i64 = 10_000;
@@ -102,17 +102,10 @@ pub async fn rebuild(
             &rebuild_checkpoint(projector.name()),
         ));
     }
-    let mut position = 0;
-    loop {
-        let head = source.head().await?;
-        if head - position <= SWAP_DISTANCE {
-            break;
-        }
-        position = apply_chunk(&targets, source, position).await?;
-        progress.advanced(position, head, started.elapsed());
-    }
+    fill(&targets, source, progress, started).await?;
     let mut reports = Vec::new();
     for target in &targets {
+        build_indexes(pool, target.projector().as_ref()).await?;
         let (at, tables) = swap(pool, target, source).await?;
         reports.push(Report {
             projection: target.projector().name().to_owned(),
@@ -125,6 +118,60 @@ pub async fn rebuild(
     let head = source.head().await?;
     progress.advanced(head, head, started.elapsed());
     Ok(reports)
+}
+
+/// Applies the log to every target until near the head. One reader feeds
+/// each target through a short queue, so reading overlaps applying and
+/// every target runs in its own task (its own core, its own connection);
+/// the slowest target sets the pace.
+async fn fill(
+    targets: &[TableProjection],
+    source: &impl LogSource,
+    progress: &impl Progress,
+    started: Instant,
+) -> Result<(), BoxError> {
+    let mut queues = Vec::new();
+    let mut appliers = Vec::new();
+    for target in targets {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Envelope>>>(4);
+        let target = target.clone();
+        queues.push(tx);
+        appliers.push(tokio::spawn(async move {
+            let mut position = 0;
+            while let Some(chunk) = rx.recv().await {
+                position = target.apply(position, &chunk).await?;
+            }
+            Ok::<i64, ApplyError>(position)
+        }));
+    }
+    let mut position = 0;
+    let read = async {
+        loop {
+            let head = source.head().await?;
+            if head - position <= SWAP_DISTANCE {
+                return Ok::<(), BoxError>(());
+            }
+            let events = source.read(position, CHUNK).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(());
+            };
+            let chunk = Arc::new(events);
+            for queue in &queues {
+                if queue.send(chunk.clone()).await.is_err() {
+                    // Its applier failed: stop; the error is reported below.
+                    return Ok(());
+                }
+            }
+            position = last;
+            progress.advanced(position, head, started.elapsed());
+        }
+    };
+    let read = read.await;
+    drop(queues);
+    for applier in appliers {
+        applier.await??;
+    }
+    read
 }
 
 /// Reads one chunk after `position` and applies it to every target, in
@@ -153,16 +200,72 @@ async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::E
         .execute(&mut *conn)
         .await?;
     for table in projector.tables() {
+        // Only the primary key while filling (upserts and updates need
+        // it); other indexes are built once at the end, which is far
+        // cheaper than maintaining them row by row.
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL)"
+            "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *conn)
         .await?;
+        for statement in copy_constraints(&mut conn, &schema, table, "p").await? {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(rebuild_checkpoint(projector.name()))
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+/// `ALTER TABLE` statements giving `schema.table` the live table's
+/// constraints of kind `kind` (`p` primary key, `u` unique).
+async fn copy_constraints(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+    kind: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let found: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conrelid = ($1 || '.' || $2)::regclass AND contype = $3::\"char\"",
+    )
+    .bind(LIVE_SCHEMA)
+    .bind(table)
+    .bind(kind)
+    .fetch_all(conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|(name, definition)| {
+            format!("ALTER TABLE {schema}.{table} ADD CONSTRAINT {name} {definition}")
+        })
+        .collect())
+}
+
+/// Builds the unique constraints and indexes the fill went without.
+async fn build_indexes(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
+    let schema = rebuild_schema(projector.name());
+    let mut conn = pool.acquire().await?;
+    for table in projector.tables() {
+        let mut statements = copy_constraints(&mut conn, &schema, table, "u").await?;
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+              WHERE i.indrelid = ($1 || '.' || $2)::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+        )
+        .bind(LIVE_SCHEMA)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        let live = format!(" ON {LIVE_SCHEMA}.{table} ");
+        let rebuilt = format!(" ON {schema}.{table} ");
+        statements.extend(indexes.iter().map(|d| d.replacen(&live, &rebuilt, 1)));
+        for statement in statements {
+            sqlx::query(&statement).execute(&mut *conn).await?;
+        }
+    }
     Ok(())
 }
 

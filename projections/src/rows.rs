@@ -4,16 +4,19 @@
 //! Within one batch the operations on one row (table + key) fold into one:
 //! an insert followed by updates is one insert, two updates are one, an
 //! insert then a delete is nothing. The folded batch is rendered as one
-//! multi-row statement per table and kind (deletes first, then inserts,
-//! upserts, counters, updates), so a batch of thousands of events costs a
-//! handful of statements. Rows are independent, so the order across rows
+//! statement per table and kind (deletes first, then inserts, upserts,
+//! counters, updates) whose rows arrive as one typed array per column
+//! (`unnest($1::uuid[], ...)`, never values spliced into SQL), so a batch
+//! of thousands of events costs a handful of statements. Rows are independent, so the order across rows
 //! does not matter; where it would (an operation that does not fold, a
 //! statement on many rows), the fold so far is flushed first and order is
 //! kept.
 
 use std::collections::HashMap;
 
-use crate::sql::{Lit, SqlBatch};
+use sqlx::PgConnection;
+
+use crate::sql::{bind_one, Column, Lit, MixedColumn};
 
 pub type Col = &'static str;
 
@@ -65,7 +68,7 @@ fn row_id(table: &str, key: &[(Col, Lit)]) -> String {
     let mut id = String::from(table);
     for (_, value) in key {
         id.push('|');
-        value.render(&mut id);
+        value.write_key(&mut id);
     }
     id
 }
@@ -184,16 +187,39 @@ impl RowOps {
             .push(Flushed::Statement(template.to_owned(), args));
     }
 
-    /// Renders everything into `batch`, in order.
-    pub fn render(mut self, batch: &mut SqlBatch) {
+    /// Runs everything on `conn` (inside the caller's transaction), in order.
+    pub async fn execute(mut self, conn: &mut PgConnection) -> Result<(), RowsError> {
         self.flush();
         for part in self.flushed {
             match part {
-                Flushed::Rows(rows) => render_rows(rows, batch),
-                Flushed::Statement(template, args) => batch.push(&template, &args),
+                Flushed::Rows(rows) => {
+                    for (sql, columns) in statements(rows)? {
+                        let mut query = sqlx::query(&sql);
+                        for column in columns {
+                            query = column.bind(query);
+                        }
+                        query.execute(&mut *conn).await?;
+                    }
+                }
+                Flushed::Statement(template, args) => {
+                    let mut query = sqlx::query(&template);
+                    for arg in args {
+                        query = bind_one(arg, query);
+                    }
+                    query.execute(&mut *conn).await?;
+                }
             }
         }
+        Ok(())
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RowsError {
+    #[error(transparent)]
+    Mixed(#[from] MixedColumn),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 fn body_size(body: &Body) -> usize {
@@ -263,28 +289,6 @@ fn cols(values: &[(Col, Lit)]) -> String {
         .join(", ")
 }
 
-fn tuple(values: impl Iterator<Item = Lit>, out: &mut String) {
-    out.push('(');
-    for (i, value) in values.enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        value.render(out);
-    }
-    out.push(')');
-}
-
-fn tuples(rows: impl Iterator<Item = Vec<Lit>>) -> String {
-    let mut out = String::new();
-    for (i, row) in rows.enumerate() {
-        if i > 0 {
-            out.push_str(",\n");
-        }
-        tuple(row.into_iter(), &mut out);
-    }
-    out
-}
-
 /// Groups rows by a signature, keeping first-seen order of the groups.
 fn group<'r>(
     rows: impl Iterator<Item = &'r Pending>,
@@ -306,70 +310,94 @@ fn group<'r>(
         .collect()
 }
 
-fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
+/// `unnest($1::uuid[], $2::text[], ...)` over `columns`.
+fn unnest(columns: &[Column]) -> String {
+    let params: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", i + 1, c.array_type()))
+        .collect();
+    format!("unnest({})", params.join(", "))
+}
+
+/// The columns of `names` across `rows`, each row giving its values in
+/// that order.
+fn columns(names: &[Col], rows: &[Vec<Lit>]) -> Result<Vec<Column>, MixedColumn> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Column::of(name, rows.iter().map(move |r| &r[i])))
+        .collect()
+}
+
+type Statement = (String, Vec<Column>);
+
+fn statements(rows: Vec<Pending>) -> Result<Vec<Statement>, MixedColumn> {
+    let mut out = Vec::new();
     // Deletes of rows as they were before the batch.
     for g in group(rows.iter(), |r| {
         r.deleted_first
             .then(|| format!("{}|{}", r.table, cols(&r.key)))
     }) {
-        let first = g[0];
-        let values = tuples(
-            g.iter()
-                .map(|r| r.key.iter().map(|(_, v)| v.clone()).collect()),
-        );
-        batch.raw(&format!(
-            "DELETE FROM {} WHERE ({}) IN ({values})",
-            first.table,
-            cols(&first.key)
-        ));
-    }
-    // New rows.
-    for g in group(rows.iter(), |r| match &r.body {
-        Body::Insert(values) => Some(format!("{}|{}", r.table, cols(values))),
-        _ => None,
-    }) {
-        let Body::Insert(first) = &g[0].body else {
-            unreachable!()
-        };
-        let values = tuples(g.iter().map(|r| match &r.body {
-            Body::Insert(values) => values.iter().map(|(_, v)| v.clone()).collect(),
-            _ => unreachable!(),
-        }));
-        batch.raw(&format!(
-            "INSERT INTO {} ({}) VALUES {values}",
-            g[0].table,
-            cols(first)
-        ));
-    }
-    // Rows written whether or not they existed.
-    for g in group(rows.iter(), |r| match &r.body {
-        Body::Upsert(values) => Some(format!("{}|{}|{}", r.table, cols(&r.key), cols(values))),
-        _ => None,
-    }) {
-        let r0 = g[0];
-        let Body::Upsert(first) = &r0.body else {
-            unreachable!()
-        };
-        let values = tuples(g.iter().map(|r| match &r.body {
-            Body::Upsert(values) => values.iter().map(|(_, v)| v.clone()).collect(),
-            _ => unreachable!(),
-        }));
-        let updates: Vec<String> = first
+        let names: Vec<Col> = g[0].key.iter().map(|(c, _)| *c).collect();
+        let values: Vec<Vec<Lit>> = g
             .iter()
-            .filter(|(c, _)| !r0.key.iter().any(|(k, _)| k == c))
-            .map(|(c, _)| format!("{c} = EXCLUDED.{c}"))
+            .map(|r| r.key.iter().map(|(_, v)| v.clone()).collect())
             .collect();
-        let action = if updates.is_empty() {
-            "NOTHING".to_owned()
-        } else {
-            format!("UPDATE SET {}", updates.join(", "))
-        };
-        batch.raw(&format!(
-            "INSERT INTO {} ({}) VALUES {values} ON CONFLICT ({}) DO {action}",
-            r0.table,
-            cols(first),
-            cols(&r0.key)
+        let columns = columns(&names, &values)?;
+        out.push((
+            format!(
+                "DELETE FROM {} WHERE ({}) IN (SELECT * FROM {})",
+                g[0].table,
+                names.join(", "),
+                unnest(&columns)
+            ),
+            columns,
         ));
+    }
+    // New rows, and rows written whether or not they existed.
+    for upsert in [false, true] {
+        for g in group(rows.iter(), |r| match &r.body {
+            Body::Insert(values) if !upsert => Some(format!("{}|{}", r.table, cols(values))),
+            Body::Upsert(values) if upsert => {
+                Some(format!("{}|{}|{}", r.table, cols(&r.key), cols(values)))
+            }
+            _ => None,
+        }) {
+            let r0 = g[0];
+            let (Body::Insert(first) | Body::Upsert(first)) = &r0.body else {
+                unreachable!()
+            };
+            let names: Vec<Col> = first.iter().map(|(c, _)| *c).collect();
+            let values: Vec<Vec<Lit>> = g
+                .iter()
+                .map(|r| match &r.body {
+                    Body::Insert(v) | Body::Upsert(v) => v.iter().map(|(_, v)| v.clone()).collect(),
+                    _ => unreachable!(),
+                })
+                .collect();
+            let columns = columns(&names, &values)?;
+            let mut sql = format!(
+                "INSERT INTO {} ({}) SELECT * FROM {}",
+                r0.table,
+                names.join(", "),
+                unnest(&columns)
+            );
+            if upsert {
+                let updates: Vec<String> = names
+                    .iter()
+                    .filter(|c| !r0.key.iter().any(|(k, _)| k == *c))
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "NOTHING".to_owned()
+                } else {
+                    format!("UPDATE SET {}", updates.join(", "))
+                };
+                sql.push_str(&format!(" ON CONFLICT ({}) DO {action}", cols(&r0.key)));
+            }
+            out.push((sql, columns));
+        }
     }
     // Counters.
     for g in group(rows.iter(), |r| match &r.body {
@@ -380,8 +408,11 @@ fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
         let Body::Count(col, _) = &r0.body else {
             unreachable!()
         };
-        let values = tuples(g.iter().map(|r| {
-            match &r.body {
+        let mut names: Vec<Col> = r0.key.iter().map(|(c, _)| *c).collect();
+        names.push(col);
+        let values: Vec<Vec<Lit>> = g
+            .iter()
+            .map(|r| match &r.body {
                 Body::Count(_, n) => r
                     .key
                     .iter()
@@ -389,12 +420,18 @@ fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
                     .chain([Lit::Int(*n)])
                     .collect(),
                 _ => unreachable!(),
-            }
-        }));
-        batch.raw(&format!(
-            "INSERT INTO {t} ({keys}, {col}) VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET {col} = {t}.{col} + EXCLUDED.{col}",
-            t = r0.table,
-            keys = cols(&r0.key),
+            })
+            .collect();
+        let columns = columns(&names, &values)?;
+        out.push((
+            format!(
+                "INSERT INTO {t} ({all}) SELECT * FROM {src} ON CONFLICT ({keys}) DO UPDATE SET {col} = {t}.{col} + EXCLUDED.{col}",
+                t = r0.table,
+                all = names.join(", "),
+                src = unnest(&columns),
+                keys = cols(&r0.key),
+            ),
+            columns,
         ));
     }
     // Changes to rows that existed before the batch.
@@ -413,8 +450,15 @@ fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
         let Body::Update(first) = &r0.body else {
             unreachable!()
         };
-        let values = tuples(g.iter().map(|r| {
-            match &r.body {
+        let names: Vec<Col> = r0
+            .key
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(first.iter().map(|(c, _)| *c))
+            .collect();
+        let values: Vec<Vec<Lit>> = g
+            .iter()
+            .map(|r| match &r.body {
                 Body::Update(set) => r
                     .key
                     .iter()
@@ -425,9 +469,10 @@ fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
                     }))
                     .collect(),
                 _ => unreachable!(),
-            }
-        }));
-        let names: Vec<String> = r0
+            })
+            .collect();
+        let columns = columns(&names, &values)?;
+        let aliases: Vec<String> = r0
             .key
             .iter()
             .map(|(c, _)| format!("k_{c}"))
@@ -445,12 +490,17 @@ fn render_rows(rows: Vec<Pending>, batch: &mut SqlBatch) {
             .iter()
             .map(|(c, _)| format!("t.{c} = v.k_{c}"))
             .collect();
-        batch.raw(&format!(
-            "UPDATE {} AS t SET {} FROM (VALUES {values}) AS v({}) WHERE {}",
-            r0.table,
-            sets.join(", "),
-            names.join(", "),
-            matches.join(" AND ")
+        out.push((
+            format!(
+                "UPDATE {} AS t SET {} FROM {} AS v({}) WHERE {}",
+                r0.table,
+                sets.join(", "),
+                unnest(&columns),
+                aliases.join(", "),
+                matches.join(" AND ")
+            ),
+            columns,
         ));
     }
+    Ok(out)
 }

@@ -1,16 +1,12 @@
-//! [`SqlBatch`]: the statements a batch of events turns into, sent to
-//! Postgres as one multi-statement string, so a whole batch and its
-//! checkpoint cost one round trip and commit as one implicit transaction.
-//!
-//! Values are rendered as typed literals by [`Lit`], the only place text
-//! from events meets SQL: strings are escape-string constants (`E'...'`)
-//! with `\` and `'` doubled, which read the same whatever the session's
-//! `standard_conforming_strings` (a `SET` inside the batch could not help:
-//! Postgres tokenizes the whole string before running any of it). NUL is
-//! dropped (Postgres text cannot hold it); every other kind renders from a
-//! type that cannot carry a quote.
+//! [`Lit`]: a typed SQL value as projectors produce it, and how values
+//! travel to Postgres: never as text spliced into SQL, always as bound
+//! parameters, a column of many rows as one typed array ([`Column`]) that
+//! the statement `unnest`s.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::Postgres;
 use std::fmt::Write;
 use uuid::Uuid;
 
@@ -29,40 +25,34 @@ pub enum Lit {
 }
 
 impl Lit {
-    pub fn render(&self, out: &mut String) {
+    /// The SQL type of this value.
+    pub fn sql_type(&self) -> &'static str {
         match self {
-            Lit::Null(ty) => {
-                let _ = write!(out, "NULL::{ty}");
-            }
-            Lit::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Lit::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Lit::Text(s) => {
-                out.push_str("E'");
-                for c in s.chars() {
-                    match c {
-                        '\'' => out.push_str("''"),
-                        '\\' => out.push_str("\\\\"),
-                        '\0' => {}
-                        c => out.push(c),
-                    }
-                }
-                out.push('\'');
-            }
-            Lit::Uuid(u) => {
-                let _ = write!(out, "'{u}'::uuid");
-            }
-            Lit::Time(t) => {
-                let _ = write!(out, "'{}'::timestamptz", t.to_rfc3339());
-            }
-            Lit::Date(d) => {
-                let _ = write!(out, "'{d}'::date");
-            }
+            Lit::Null(ty) => ty,
+            Lit::Bool(_) => "boolean",
+            Lit::Int(_) => "bigint",
+            Lit::Text(_) => "text",
+            Lit::Uuid(_) => "uuid",
+            Lit::Time(_) => "timestamptz",
+            Lit::Date(_) => "date",
         }
     }
 
-    /// Roughly the bytes it renders to (for cutting batches).
+    /// Writes an unambiguous identity of the value (a row key), not SQL.
+    pub fn write_key(&self, out: &mut String) {
+        let _ = match self {
+            Lit::Null(ty) => write!(out, "null:{ty}"),
+            Lit::Bool(b) => write!(out, "{b}"),
+            Lit::Int(i) => write!(out, "{i}"),
+            // Length-prefixed, so no text can imitate two values.
+            Lit::Text(s) => write!(out, "{}:{s}", s.len()),
+            Lit::Uuid(u) => write!(out, "{u}"),
+            Lit::Time(t) => write!(out, "{}", t.to_rfc3339()),
+            Lit::Date(d) => write!(out, "{d}"),
+        };
+    }
+
+    /// Roughly its size on the wire (for cutting batches).
     pub fn size(&self) -> usize {
         match self {
             Lit::Text(s) => s.len() + 4,
@@ -138,65 +128,101 @@ impl<T: Into<Lit> + SqlType> From<Option<T>> for Lit {
     }
 }
 
-/// Statements in order; see the module doc.
+/// One column of many rows, as a typed array parameter.
 #[derive(Debug)]
-pub struct SqlBatch {
-    sql: String,
-    statements: usize,
+pub enum Column {
+    Bool(Vec<Option<bool>>),
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+    Uuid(Vec<Option<Uuid>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+    Date(Vec<Option<NaiveDate>>),
 }
 
-impl SqlBatch {
-    /// Statements on the tables of `schema` (`read`, or a rebuild's): a
-    /// constant of this crate, never input.
-    pub fn new(schema: &str) -> Self {
-        debug_assert!(schema.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
-        let sql = format!("SET LOCAL search_path = {schema}, public;\n");
-        Self { sql, statements: 0 }
-    }
+#[derive(Debug, thiserror::Error)]
+#[error("column {0} mixes value types")]
+pub struct MixedColumn(pub String);
 
-    /// Appends `template` with `$1`, `$2`, ... replaced by `args` rendered
-    /// as literals. Templates are constants of this crate: a `$` in one is
-    /// always a placeholder.
-    pub fn push(&mut self, template: &str, args: &[Lit]) {
-        let mut rest = template;
-        while let Some(at) = rest.find('$') {
-            self.sql.push_str(&rest[..at]);
-            let digits = rest[at + 1..]
-                .find(|c: char| !c.is_ascii_digit())
-                .map_or(rest.len() - at - 1, |n| n);
-            let index: usize = rest[at + 1..at + 1 + digits]
-                .parse()
-                .expect("a placeholder is `$` and a number");
-            args[index - 1].render(&mut self.sql);
-            rest = &rest[at + 1 + digits..];
+impl Column {
+    /// The values of one column across rows; the SQL type comes from the
+    /// first non-NULL value, or from the NULLs' own type.
+    pub fn of<'a>(
+        name: &str,
+        values: impl Iterator<Item = &'a Lit> + Clone,
+    ) -> Result<Self, MixedColumn> {
+        let kind = values
+            .clone()
+            .find(|v| !matches!(v, Lit::Null(_)))
+            .or_else(|| values.clone().next())
+            .map_or("text", Lit::sql_type);
+        let mixed = || MixedColumn(name.to_owned());
+        macro_rules! collect {
+            ($variant:ident, $pattern:pat => $value:expr) => {
+                Column::$variant(
+                    values
+                        .map(|v| match v {
+                            Lit::Null(_) => Ok(None),
+                            $pattern => Ok(Some($value)),
+                            _ => Err(mixed()),
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            };
         }
-        self.sql.push_str(rest);
-        self.sql.push_str(";\n");
-        self.statements += 1;
+        Ok(match kind {
+            "boolean" => collect!(Bool, Lit::Bool(b) => *b),
+            "bigint" => collect!(Int, Lit::Int(i) => *i),
+            "uuid" => collect!(Uuid, Lit::Uuid(u) => *u),
+            "timestamptz" => collect!(Time, Lit::Time(t) => *t),
+            "date" => collect!(Date, Lit::Date(d) => *d),
+            _ => collect!(Text, Lit::Text(t) => t.clone()),
+        })
     }
 
-    pub fn statements(&self) -> usize {
-        self.statements
+    /// The array type to cast the parameter to (`uuid[]`, ...).
+    pub fn array_type(&self) -> &'static str {
+        match self {
+            Column::Bool(_) => "boolean[]",
+            Column::Int(_) => "bigint[]",
+            Column::Text(_) => "text[]",
+            Column::Uuid(_) => "uuid[]",
+            Column::Time(_) => "timestamptz[]",
+            Column::Date(_) => "date[]",
+        }
     }
 
-    /// Appends a statement rendered elsewhere (by [`crate::rows`]).
-    pub fn raw(&mut self, statement: &str) {
-        self.sql.push_str(statement);
-        self.sql.push_str(";\n");
-        self.statements += 1;
+    pub fn bind(self, query: Query<'_, Postgres, PgArguments>) -> Query<'_, Postgres, PgArguments> {
+        match self {
+            Column::Bool(v) => query.bind(v),
+            Column::Int(v) => query.bind(v),
+            Column::Text(v) => query.bind(v),
+            Column::Uuid(v) => query.bind(v),
+            Column::Time(v) => query.bind(v),
+            Column::Date(v) => query.bind(v),
+        }
     }
+}
 
-    /// Bytes of SQL so far: the runner cuts batches before they grow huge.
-    pub fn len(&self) -> usize {
-        self.sql.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements == 0
-    }
-
-    pub fn as_sql(&self) -> &str {
-        &self.sql
+/// Binds one value.
+pub fn bind_one(
+    lit: Lit,
+    query: Query<'_, Postgres, PgArguments>,
+) -> Query<'_, Postgres, PgArguments> {
+    match lit {
+        Lit::Null(ty) => match ty {
+            "bigint" => query.bind(None::<i64>),
+            "boolean" => query.bind(None::<bool>),
+            "uuid" => query.bind(None::<Uuid>),
+            "timestamptz" => query.bind(None::<DateTime<Utc>>),
+            "date" => query.bind(None::<NaiveDate>),
+            _ => query.bind(None::<String>),
+        },
+        Lit::Bool(b) => query.bind(b),
+        Lit::Int(i) => query.bind(i),
+        Lit::Text(t) => query.bind(t),
+        Lit::Uuid(u) => query.bind(u),
+        Lit::Time(t) => query.bind(t),
+        Lit::Date(d) => query.bind(d),
     }
 }
 
@@ -205,36 +231,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_quoted_and_placeholders_are_filled_in_order() {
-        let mut batch = SqlBatch::new("read");
-        batch.push(
-            "INSERT INTO t VALUES ($1, $2, $3, $10)",
-            &[
-                Lit::from("it's \\ fine\0"),
-                Lit::Int(-4),
-                Lit::Null("text"),
-                Lit::Bool(false),
-                Lit::Null("text"),
-                Lit::Null("text"),
-                Lit::Null("text"),
-                Lit::Null("text"),
-                Lit::Null("text"),
-                Lit::Bool(true),
-            ],
+    fn columns_take_their_type_from_values_or_from_typed_nulls() {
+        let values = [Lit::Null("bigint"), Lit::Int(3)];
+        assert!(
+            matches!(Column::of("n", values.iter()).unwrap(), Column::Int(v) if v == vec![None, Some(3)])
         );
-        assert!(batch
-            .as_sql()
-            .ends_with("INSERT INTO t VALUES (E'it''s \\\\ fine', -4, NULL::text, true);\n"));
-        assert_eq!(batch.statements(), 1);
+        let nulls = [Lit::Null("uuid"), Lit::Null("uuid")];
+        assert_eq!(
+            Column::of("u", nulls.iter()).unwrap().array_type(),
+            "uuid[]"
+        );
+        let mixed = [Lit::Int(1), Lit::from("x")];
+        assert!(Column::of("m", mixed.iter()).is_err());
     }
 
     #[test]
-    fn typed_values_render_with_their_types() {
-        let id = Uuid::nil();
-        let mut batch = SqlBatch::new("read");
-        batch.push("SELECT $1, $2", &[Lit::Uuid(id), Lit::from(None::<i64>)]);
-        assert!(batch
-            .as_sql()
-            .contains(&format!("SELECT '{id}'::uuid, NULL::bigint;")));
+    fn row_keys_tell_values_apart() {
+        let mut a = String::new();
+        Lit::from("a|b").write_key(&mut a);
+        let mut b = String::new();
+        Lit::from("a").write_key(&mut b);
+        b.push('|');
+        Lit::from("b").write_key(&mut b);
+        assert_ne!(a, b);
     }
 }

@@ -1,10 +1,10 @@
 //! [`TableProjection`]: a [`Projector`] bound to a schema and a checkpoint,
 //! applying batches of events with their checkpoint in one transaction.
 //!
-//! A batch is one multi-statement string (one round trip, one implicit
-//! transaction) that ends by moving the checkpoint with
+//! A batch is one transaction that starts by moving the checkpoint with
 //! `tandem_advance_projection`, which refuses unless the checkpoint is
-//! where the batch started. So a redelivered event (position at or below
+//! where the batch started, then runs the batch's few set-based statements
+//! ([`RowOps`]). So a redelivered event (position at or below
 //! the checkpoint) is skipped, two appliers cannot interleave, and a
 //! failure leaves tables and checkpoint as they were.
 
@@ -14,11 +14,10 @@ use sqlx::PgPool;
 use tandem_domain::envelope::Envelope;
 
 use crate::projector::{ProjectionError, Projector};
-use crate::rows::RowOps;
-use crate::sql::{Lit, SqlBatch};
+use crate::rows::{RowOps, RowsError};
 
-/// A round trip carries at most about this much SQL; a batch of large
-/// file saves is cut into several transactions, each with its checkpoint.
+/// A transaction carries at most about this much data; a batch of large
+/// file saves is cut into several, each with its checkpoint.
 const MAX_SQL_BYTES: usize = 4 << 20;
 
 pub const LIVE_SCHEMA: &str = "read";
@@ -37,6 +36,17 @@ pub enum ApplyError {
     Projection(#[from] ProjectionError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Rows(RowsError),
+}
+
+impl From<RowsError> for ApplyError {
+    fn from(e: RowsError) -> Self {
+        match e {
+            RowsError::Database(e) => Self::Database(e),
+            other => Self::Rows(other),
+        }
+    }
 }
 
 impl TableProjection {
@@ -95,14 +105,20 @@ impl TableProjection {
 
     /// The checkpoint moves first: that locks its row, so a rebuild's swap
     /// (which holds it) makes this batch wait before touching any table.
-    async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), sqlx::Error> {
-        let mut batch = SqlBatch::new(&self.schema);
-        batch.push(
-            "SELECT tandem_advance_projection($1, $2, $3)",
-            &[Lit::from(&self.checkpoint), Lit::Int(from), Lit::Int(to)],
-        );
-        rows.render(&mut batch);
-        sqlx::raw_sql(batch.as_sql()).execute(&self.pool).await?;
+    async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), ApplyError> {
+        let mut tx = self.pool.begin().await?;
+        // The schema is a constant of this crate (`read`, `rebuild_<name>`).
+        sqlx::query(&format!("SET LOCAL search_path = {}, public", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT tandem_advance_projection($1, $2, $3)")
+            .bind(&self.checkpoint)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        rows.execute(&mut tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

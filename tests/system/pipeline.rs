@@ -144,12 +144,18 @@ async fn a_late_commit_reaches_the_stream_after_later_ones_and_every_read_model(
     }
     sqlx::query("COMMIT").execute(&mut held).await.unwrap();
 
-    let n = eventually(Duration::from_secs(10), || async {
-        let h = head(&app.pool).await;
-        let unsequenced = tandem_commands::log::unsequenced(&app.pool).await.unwrap();
-        (unsequenced == 0 && h > 0).then_some(h)
+    let late_position: i64 = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar(
+            "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
+              WHERE e.aggregate_id = $1",
+        )
+        .bind(late_project.to_string())
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
     })
     .await;
+    let n = head(&app.pool).await.max(late_position);
     let events = stream_holds(&app, n as u64).await;
     let late = events
         .iter()
