@@ -252,7 +252,11 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
     // The birth time in the name lets a later run remove the NATS streams
     // of runs that were killed before cleaning up.
-    let namespace = format!("t{}n{}", now_secs(), &Uuid::new_v4().simple().to_string()[..12]);
+    let namespace = format!(
+        "t{}n{}",
+        now_secs(),
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
     let mut options = Options {
         gateway: gateway_config(&namespace),
         write: WriteSideConfig {
