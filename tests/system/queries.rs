@@ -494,3 +494,58 @@ async fn cached_project_detail_follows_updates_at_their_position() {
         assert_eq!(list["items"][0]["name"], name);
     }
 }
+
+#[tokio::test]
+async fn readyz_and_metrics_report_each_projections_position_and_lag() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let created = command(
+        &app,
+        &owner,
+        Method::POST,
+        "/projects",
+        json!({"name": "lag"}),
+    )
+    .await;
+    let at = position(&created);
+    // Once a query has seen the position, /readyz must report it.
+    get_at(&app, &owner, "/projects", at).await;
+    let ready = body(
+        app.client
+            .get(format!("http://{}/readyz", app.addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let read_side = &ready["read_side"];
+    assert!(
+        read_side["head_position"].as_i64().unwrap() >= at,
+        "{ready}"
+    );
+    assert!(
+        read_side["read_position"].as_i64().unwrap() >= at,
+        "{ready}"
+    );
+    for name in ["users", "projects", "files", "jobs", "activity"] {
+        let projection = &read_side["projections"][name];
+        assert!(
+            projection["position"].as_i64().unwrap() >= at,
+            "{name}: {ready}"
+        );
+        assert!(projection["lag"].as_i64().unwrap() >= 0, "{name}: {ready}");
+    }
+    let metrics = app
+        .client
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tandem_projection_lag_events{projection=\"files\"}"),
+        "{metrics}"
+    );
+}
