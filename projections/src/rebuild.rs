@@ -211,6 +211,22 @@ async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::E
         for statement in copy_constraints(&mut conn, &schema, table, "p").await? {
             sqlx::query(&statement).execute(&mut *conn).await?;
         }
+        // Storage parameters (fillfactor) are not copied by LIKE.
+        let options: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT reloptions FROM pg_class WHERE oid = ($1 || '.' || $2)::regclass",
+        )
+        .bind(LIVE_SCHEMA)
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(options) = options.filter(|o| !o.is_empty()) {
+            sqlx::query(&format!(
+                "ALTER TABLE {schema}.{table} SET ({})",
+                options.join(", ")
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(rebuild_checkpoint(projector.name()))

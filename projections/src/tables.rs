@@ -107,10 +107,14 @@ impl TableProjection {
     /// (which holds it) makes this batch wait before touching any table.
     async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
-        // The schema is a constant of this crate (`read`, `rebuild_<name>`).
-        sqlx::query(&format!("SET LOCAL search_path = {}, public", self.schema))
-            .execute(&mut *tx)
-            .await?;
+        // No wait for the WAL flush: a crash can lose the last batches, but
+        // rows and checkpoint together, so they are simply applied again.
+        sqlx::query(
+            "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'off', true)",
+        )
+        .bind(format!("{}, public", self.schema))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("SELECT tandem_advance_projection($1, $2, $3)")
             .bind(&self.checkpoint)
             .bind(from)
