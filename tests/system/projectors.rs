@@ -1561,3 +1561,61 @@ async fn text_round_trips_where_strings_are_not_standard_conforming_by_default()
 
     assert_text_round_trips(&pool).await;
 }
+
+#[tokio::test]
+async fn a_job_marked_dead_while_an_attempt_runs_ends_that_attempt_as_failed() {
+    let (project, alice, job) = (ProjectId::generate(), UserId::generate(), JobId::generate());
+    let mut log = Log::starting_at(Utc::now());
+    log.push(
+        job_source(job, project, Some(alice)),
+        JobEvent::JobSubmitted {
+            job_id: job,
+            project_id: project,
+            submitted_by: alice,
+            language: Language::Python,
+            source: "print(1)".to_owned(),
+            workspace_id: None,
+            path: None,
+            file_version: None,
+            stdin: String::new(),
+            timeout_ms: 1_000,
+            max_attempts: 1,
+        },
+    );
+    log.push(job_source(job, project, None), started(1, "w-lost"));
+    log.push(
+        job_source(job, project, None),
+        JobEvent::JobMarkedDead {
+            reason: "worker lost".to_owned(),
+        },
+    );
+    let (pool, projection) = fresh_projection(Arc::new(Jobs)).await;
+    // One event per batch, and all in one batch: the same end.
+    for event in &log.events {
+        let at = projection.checkpoint().await.unwrap();
+        projection
+            .apply(at, std::slice::from_ref(event))
+            .await
+            .unwrap();
+    }
+    let attempt: (String, Option<String>, bool) = sqlx::query_as(
+        "SELECT status, reason, finished_at IS NOT NULL FROM read.job_attempts WHERE job_id = $1",
+    )
+    .bind(job.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempt,
+        ("failed".to_owned(), Some("worker lost".to_owned()), true)
+    );
+    let (pool, projection) = fresh_projection(Arc::new(Jobs)).await;
+    projection.apply(0, &log.events).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM read.job_attempts WHERE job_id = $1")
+            .bind(job.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+}

@@ -180,11 +180,18 @@ impl Projector for Jobs {
             JobEvent::JobMarkedDead { reason } => {
                 let changes = changes_with(vec![
                     ("status", to("dead")),
-                    ("reason", to(reason)),
+                    ("reason", to(&reason)),
                     ("retry_at", null_time()),
-                    ("finished_at", to(at)),
+                    ("finished_at", to(at.clone())),
                 ]);
                 rows.update("jobs", key(), changes);
+                // A job may be declared dead while an attempt runs (a lost
+                // worker): that attempt failed, for the same reason.
+                rows.statement(
+                    "UPDATE job_attempts SET status = 'failed', reason = $3, finished_at = $2
+                     WHERE job_id = $1 AND status = 'running'",
+                    vec![job.into(), at, reason.into()],
+                );
             }
             JobEvent::JobCancelled { by: _ } => {
                 let changes = changes_with(vec![
