@@ -95,3 +95,24 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Opens a connection of its own and waits until it holds the session
+/// advisory lock `key` (trying every `standby`): the leader of a role is
+/// whoever holds it, for as long as this connection lives.
+pub async fn lead(
+    pool: &PgPool,
+    key: i64,
+    standby: std::time::Duration,
+) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    loop {
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if leader {
+            return Ok(conn);
+        }
+        tokio::time::sleep(standby).await;
+    }
+}

@@ -27,7 +27,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
 
 use crate::log::{self, LoggedEvent};
@@ -130,18 +130,8 @@ impl Relay {
     }
 
     async fn lead(&self) -> Result<Infallible, BoxError> {
-        let options = self.pool.connect_options();
-        let mut conn = PgConnection::connect_with(&options).await?;
-        loop {
-            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(RELAY_LOCK_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-            if leader {
-                break;
-            }
-            tokio::time::sleep(self.config.standby_interval).await;
-        }
+        let mut conn =
+            crate::db::lead(&self.pool, RELAY_LOCK_KEY, self.config.standby_interval).await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(SEQUENCED_CHANNEL).await?;
         tracing::info!(stream = self.names.events_stream(), "relay is leading");

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
 use crate::positions::{LocalSequencer, APPENDED_CHANNEL};
 
@@ -119,18 +119,8 @@ impl Sequencer {
     async fn lead(&self) -> Result<Infallible, sqlx::Error> {
         // A connection of our own: the advisory lock lives as long as it,
         // and the steps run on it, so losing it stops us from sequencing.
-        let options = self.pool.connect_options();
-        let mut conn = PgConnection::connect_with(&options).await?;
-        loop {
-            let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-            if leader {
-                break;
-            }
-            tokio::time::sleep(self.config.standby_interval).await;
-        }
+        let mut conn =
+            crate::db::lead(&self.pool, LEADER_LOCK_KEY, self.config.standby_interval).await?;
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(APPENDED_CHANNEL).await?;
         tracing::info!("sequencer is leading");
