@@ -15,6 +15,8 @@
 //! cargo build --release --bin tandem
 //! target/release/tandem bench commands [--concurrency 64] [--duration-secs 10] [--warmup-secs 2]
 //! target/release/tandem bench login-storm [--logins 32] [--background-concurrency 8] [--duration-secs 30]
+//! target/release/tandem bench queries [--concurrency 64] [--duration-secs 10] [--warmup-secs 2] [--projects-per-user 5]
+//! target/release/tandem bench pipeline [--rate 1000] [--duration-secs 10] [--warmup-secs 2] [--users 64]
 //! ```
 //!
 //! - `commands`: `concurrency` users alternate `POST /projects` and
@@ -25,6 +27,20 @@
 //! - `login-storm`: a steady background of `POST /projects` is measured
 //!   alone, then while waves of concurrent logins keep Argon2 busy. Goal:
 //!   the background p99 during the storm at most twice the baseline's.
+//! - `queries`: with the read side running, `concurrency` users own a few
+//!   projects each; then `concurrency` keep-alive connections send, in
+//!   alternating 1 s turns, `GET /api/v1/projects` (cached, each with its
+//!   own user's token) and `GET /healthz` (the hello-world reference of the
+//!   same server). Goal: `/projects` at least 70 % of `/healthz`'s
+//!   requests/s at 64 connections; every answer must be a 200.
+//! - `pipeline`: the whole stack (sequencer, relay, projections) under an
+//!   open-loop load of `rate` commands/s (`POST /projects` and `PUT` file
+//!   alternately, each started on schedule). Per event, commit → JetStream
+//!   ack, bracketed by the transaction's last INSERT and its sequencing,
+//!   against the stream's stored-message timestamp; per command, 2xx
+//!   answer → every projection's checkpoint at its position (`LISTEN
+//!   tandem_projected`); and where the time goes. Goals at 1,000/s: p99
+//!   under 10 ms and under 25 ms respectively.
 
 mod commands;
 mod database;

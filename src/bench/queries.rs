@@ -2,6 +2,7 @@
 //! endpoint of the same server (`GET /healthz`), same connections, same
 //! run; and the summary.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -73,10 +74,11 @@ async fn queries_on(common: &Common, args: &QueriesArgs, db: &BenchDatabase) -> 
 
 struct Measured {
     page_bytes: usize,
+    warmup: Duration,
     projects: Phase,
     healthz: Phase,
-    /// `tandem_query_cache_hits_total` over the whole `/projects` phase
-    /// (warmup included); `None` when `/metrics` did not show it.
+    /// `tandem_query_cache_hits_total` over the whole load (warmup
+    /// included); `None` when `/metrics` did not show it.
     cache_hits: Option<u64>,
 }
 
@@ -91,16 +93,12 @@ async fn measure(running: &Running, args: &QueriesArgs) -> anyhow::Result<Measur
     eprintln!("bench: waiting for the read side to apply position {last_position}...");
     let page_bytes = catch_up(api, &tokens, last_position, args.projects_per_user).await?;
     let hits_before = cache_hits(api).await?;
-    eprintln!("bench: GET /api/v1/projects...");
-    let projects_url = api.url("/projects");
-    let projects = run_phase(&projects_url, tokens.into_iter().map(Some).collect(), args).await?;
+    eprintln!("bench: GET /api/v1/projects and GET /healthz in turns...");
+    let (projects, healthz, schedule) = run_load(api, tokens, args).await?;
     let hits_after = cache_hits(api).await?;
-    eprintln!("bench: GET /healthz...");
-    let healthz_url = format!("{}/healthz", api.origin());
-    let anonymous = vec![None; args.concurrency as usize];
-    let healthz = run_phase(&healthz_url, anonymous, args).await?;
     Ok(Measured {
         page_bytes,
+        warmup: schedule.measure_from - schedule.start,
         projects,
         healthz,
         // Absent before any hit: the counter is registered on its first.
@@ -190,9 +188,57 @@ async fn cache_hits(api: &Api) -> anyhow::Result<Option<u64>> {
         .map(|v| v as u64))
 }
 
-// -- one endpoint under load ---------------------------------------------------
+// -- the load ------------------------------------------------------------------
 
-/// What the loops of one endpoint saw. Latencies are of 200 answers to
+/// The two endpoints take turns in slices of this length, on the same
+/// connections, so whatever else the machine does hits both alike.
+const SLICE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Projects = 0,
+    Healthz = 1,
+}
+
+/// When the load starts, is measured and ends, and whose turn it is.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Schedule {
+    fn new(args: &QueriesArgs) -> Self {
+        let start = Instant::now();
+        // Whole slices, each endpoint as many: warmup and window are
+        // rounded up to an even number of slices.
+        let even =
+            |secs: u64| (Duration::from_secs(secs).div_duration_f64(SLICE) / 2.0).ceil() as u32 * 2;
+        let measure_from = start + SLICE * even(args.warmup_secs);
+        Self {
+            start,
+            measure_from,
+            end: measure_from + SLICE * even(args.duration_secs) * 2,
+        }
+    }
+
+    fn endpoint_at(&self, t: Instant) -> Endpoint {
+        let slice = (t - self.start).div_duration_f64(SLICE) as u64;
+        if slice % 2 == 0 {
+            Endpoint::Projects
+        } else {
+            Endpoint::Healthz
+        }
+    }
+
+    /// Measured time per endpoint: half the window.
+    fn measured_per_endpoint(&self) -> Duration {
+        (self.end - self.measure_from) / 2
+    }
+}
+
+/// What the loops saw on one endpoint. Latencies are of 200 answers to
 /// requests started in the measured window; errors are counted throughout.
 #[derive(Default)]
 struct Phase {
@@ -202,7 +248,7 @@ struct Phase {
     /// 200 answers whose body length differed from the loop's first one.
     odd_bodies: usize,
     errors: Errors,
-    /// From the end of the warmup until the last measured answer.
+    /// Measured time on this endpoint (the sum of its slices).
     measured_span: Duration,
 }
 
@@ -219,54 +265,60 @@ impl Phase {
     }
 }
 
-/// One loop per entry of `tokens`, each on a client of its own holding a
-/// single keep-alive connection, so "N connections" is what the server
-/// sees and the loops share no client pool.
-async fn run_phase(
-    url: &str,
-    tokens: Vec<Option<String>>,
+/// One loop per token, each on a client of its own holding a single
+/// keep-alive connection, so "N connections" is what the server sees and
+/// the loops share no client pool. Each loop sends `GET /projects` with
+/// its user's token or `GET /healthz` without, as the slice says; returns
+/// (projects, healthz) and the schedule they ran on.
+async fn run_load(
+    api: &Api,
+    tokens: Vec<String>,
     args: &QueriesArgs,
-) -> anyhow::Result<Phase> {
-    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
-    let end = measure_from + Duration::from_secs(args.duration_secs);
+) -> anyhow::Result<(Phase, Phase, Schedule)> {
+    let urls = Arc::new([api.url("/projects"), format!("{}/healthz", api.origin())]);
+    let schedule = Schedule::new(args);
     let mut workers = Vec::with_capacity(tokens.len());
     for token in tokens {
         let client = Client::builder()
             .pool_max_idle_per_host(1)
             .timeout(Duration::from_secs(30))
             .build()?;
-        let url = url.to_owned();
         workers.push(tokio::spawn(get_loop(
             client,
-            url,
+            urls.clone(),
             token,
-            measure_from,
-            end,
+            schedule,
         )));
     }
-    let mut phase = Phase::default();
+    let (mut projects, mut healthz) = (Phase::default(), Phase::default());
     for worker in workers {
-        phase.merge(worker.await?);
+        let [p, h] = worker.await?;
+        projects.merge(p);
+        healthz.merge(h);
     }
-    phase.measured_span = measure_from.elapsed();
-    Ok(phase)
+    projects.measured_span = schedule.measured_per_endpoint();
+    healthz.measured_span = schedule.measured_per_endpoint();
+    Ok((projects, healthz, schedule))
 }
 
 async fn get_loop(
     client: Client,
-    url: String,
-    token: Option<String>,
-    measure_from: Instant,
-    end: Instant,
-) -> Phase {
-    let mut phase = Phase::default();
-    let mut first_len = None;
-    while Instant::now() < end {
-        let mut request = client.get(&url);
-        if let Some(token) = &token {
-            request = request.bearer_auth(token);
-        }
+    urls: Arc<[String; 2]>,
+    token: String,
+    schedule: Schedule,
+) -> [Phase; 2] {
+    let mut phases = [Phase::default(), Phase::default()];
+    let mut first_len = [None, None];
+    loop {
         let started = Instant::now();
+        if started >= schedule.end {
+            break;
+        }
+        let endpoint = schedule.endpoint_at(started) as usize;
+        let mut request = client.get(&urls[endpoint]);
+        if endpoint == Endpoint::Projects as usize {
+            request = request.bearer_auth(&token);
+        }
         let outcome = match request.send().await {
             Ok(response) => {
                 let status = response.status();
@@ -280,20 +332,21 @@ async fn get_loop(
             Err(e) => Err(format!("transport: {e}")),
         };
         let latency = started.elapsed();
+        let phase = &mut phases[endpoint];
         match outcome {
             Ok(len) => {
                 phase.answered += 1;
-                if *first_len.get_or_insert(len) != len {
+                if *first_len[endpoint].get_or_insert(len) != len {
                     phase.odd_bodies += 1;
                 }
-                if started >= measure_from {
+                if started >= schedule.measure_from {
                     phase.latencies.push(latency);
                 }
             }
             Err(kind) => *phase.errors.entry(kind).or_default() += 1,
         }
     }
-    phase
+    phases
 }
 
 // -- the summary ------------------------------------------------------------
@@ -307,8 +360,11 @@ fn print_queries_summary(args: &QueriesArgs, m: &Measured) {
         args.concurrency, args.projects_per_user, args.database
     );
     println!(
-        "  load         per endpoint: {} connections (one keep-alive connection and loop each), {}s warmup + {}s measured; /projects first, then /healthz",
-        args.concurrency, args.warmup_secs, args.duration_secs
+        "  load         {} connections (one keep-alive connection and loop each, closed loop) on both endpoints in turns of {} ms; {:.0}s warmup, then {:.0}s measured per endpoint",
+        args.concurrency,
+        SLICE.as_millis(),
+        m.warmup.as_secs_f64(),
+        m.projects.measured_span.as_secs_f64()
     );
     println!(
         "  note         the load generator runs in the same process, on the same cores as the server"
