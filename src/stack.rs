@@ -143,6 +143,7 @@ impl Stack {
             names,
             cache.clone(),
             positions.clone(),
+            pool.clone(),
         );
         let read = ReadSide {
             pool: pool.clone(),

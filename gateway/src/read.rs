@@ -21,7 +21,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::Value;
 use sqlx::PgPool;
 use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_projections::positions::ReadPositions;
@@ -58,8 +57,41 @@ pub enum CacheKey {
     },
 }
 
-/// A cached body and the read side's position when it was read.
-type Entry = (i64, Arc<Value>);
+/// A finished JSON answer: cached as bytes, so a hit serializes nothing.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub json: bytes::Bytes,
+    /// The `ETag` to send, for single resources.
+    pub version: Option<i64>,
+}
+
+impl Cached {
+    pub fn of<T: serde::Serialize>(body: &T, version: Option<i64>) -> Self {
+        Self {
+            json: serde_json::to_vec(body).expect("views serialize").into(),
+            version,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Cached {
+    fn into_response(self) -> axum::response::Response {
+        let mut response = (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.json,
+        )
+            .into_response();
+        if let Some(version) = self.version {
+            response
+                .headers_mut()
+                .insert(axum::http::header::ETAG, crate::reply::etag(version as u64));
+        }
+        response
+    }
+}
+
+/// A cached answer and the read side's position when it was read.
+type Entry = (i64, Cached);
 
 #[derive(Clone)]
 pub struct QueryCache {
@@ -93,10 +125,10 @@ impl QueryCache {
         caught_up: &CaughtUp,
         positions: &ReadPositions,
         fill: F,
-    ) -> Result<Option<Arc<Value>>, ApiError>
+    ) -> Result<Option<Cached>, ApiError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Value>, ApiError>>,
+        Fut: std::future::Future<Output = Result<Option<Cached>, ApiError>>,
     {
         let wanted = caught_up.0.unwrap_or(0);
         if let Some((read_at, hit)) = self.entries.get(&key).await {
@@ -110,7 +142,6 @@ impl QueryCache {
         let Some(value) = fill().await? else {
             return Ok(None);
         };
-        let value = Arc::new(value);
         if self.generation.load(Ordering::Acquire) == generation {
             self.entries.insert(key, (read_at, value.clone())).await;
         }
@@ -118,11 +149,12 @@ impl QueryCache {
     }
 
     /// Drops what an event of `project` may have changed: the project's
-    /// detail for everyone, and every project list.
-    pub fn invalidate_project(&self, project: Uuid) {
+    /// detail for everyone, and the project lists of `users` (its members,
+    /// and whoever the event added or removed).
+    pub fn invalidate_project(&self, project: Uuid, users: Vec<Uuid>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let _ = self.entries.invalidate_entries_if(move |key, _| match key {
-            CacheKey::Projects { .. } => true,
+            CacheKey::Projects { user, .. } => users.contains(user),
             CacheKey::Project { project: p, .. } => *p == project,
         });
     }
@@ -140,6 +172,7 @@ pub fn spawn_invalidator(
     names: BusNames,
     cache: QueryCache,
     positions: ReadPositions,
+    pool: PgPool,
 ) {
     tokio::spawn(async move {
         loop {
@@ -164,10 +197,42 @@ pub fn spawn_invalidator(
                     continue;
                 };
                 positions.wait_for(event.position, APPLY_WAIT).await;
-                cache.invalidate_project(project);
+                match affected_users(&pool, project, &event).await {
+                    Ok(users) => cache.invalidate_project(project, users),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache invalidator could not read members; dropping every list");
+                        cache.invalidate_all();
+                    }
+                }
             }
         }
     });
+}
+
+/// Whose project lists an event of `project` can change: its members now,
+/// plus any user the event names (an owner, a removed member).
+async fn affected_users(
+    pool: &PgPool,
+    project: Uuid,
+    event: &Envelope,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut users: Vec<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM read.members WHERE project_id = $1")
+            .bind(project)
+            .fetch_all(pool)
+            .await?;
+    if let Some(data) = &event.data {
+        for field in ["user_id", "owner_id"] {
+            if let Some(user) = data
+                .get(field)
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse().ok())
+            {
+                users.push(user);
+            }
+        }
+    }
+    Ok(users)
 }
 
 /// `?min_position=N`: the handler runs once the read side has applied

@@ -549,3 +549,49 @@ async fn readyz_and_metrics_report_each_projections_position_and_lag() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_cached_project_list_follows_invitations_and_removals_of_its_user() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let guest = app.user().await;
+    let project = app.create_project(&owner).await;
+    // The guest's (empty) list is cached first.
+    let (_, empty) = get_at(&app, &guest, "/projects", 0).await;
+    assert_eq!(empty["items"], json!([]));
+    let (_, again) = get_at(&app, &guest, "/projects", 0).await;
+    assert_eq!(again["items"], json!([]));
+
+    let invited = command(
+        &app,
+        &owner,
+        Method::POST,
+        &format!("/projects/{project}/members"),
+        json!({"user_id": guest.id, "role": "viewer"}),
+    )
+    .await;
+    let (_, listed) = get_at(&app, &guest, "/projects", position(&invited)).await;
+    assert_eq!(listed["items"][0]["id"], project.to_string());
+    assert_eq!(listed["items"][0]["role"], "viewer");
+
+    let removed = command(
+        &app,
+        &owner,
+        Method::DELETE,
+        &format!("/projects/{project}/members/{}", guest.id),
+        json!({}),
+    )
+    .await;
+    let (_, gone) = get_at(&app, &guest, "/projects", position(&removed)).await;
+    assert_eq!(gone["items"], json!([]));
+    // Without min_position too, once the invalidation has run.
+    crate::support::eventually(std::time::Duration::from_secs(10), || async {
+        let r = app
+            .as_user(&guest, Method::GET, "/projects")
+            .send()
+            .await
+            .unwrap();
+        (body(r).await["items"] == json!([])).then_some(())
+    })
+    .await;
+}

@@ -1,15 +1,11 @@
 //! `GET /projects`, `GET /projects/{id}`, `GET /projects/{id}/members`.
 //! The first two are cached (see [`crate::read`]).
 
-use std::sync::Arc;
-
 use axum::extract::State;
-use axum::http::header::ETAG;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tandem_projections::queries::{self, MemberRow, ProjectRow};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -20,8 +16,7 @@ use super::Paged;
 use crate::auth::caller::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
-use crate::read::{CacheKey, CaughtUp, ListParams};
-use crate::reply::etag;
+use crate::read::{CacheKey, Cached, CaughtUp, ListParams};
 use crate::state::AppState;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -94,7 +89,7 @@ async fn list_projects(
     caller: Caller,
     caught_up: CaughtUp,
     ApiQuery(params): ApiQuery<ProjectListParams>,
-) -> Result<Json<Arc<Value>>, ApiError> {
+) -> Result<Cached, ApiError> {
     let page = ListParams {
         limit: params.limit,
         cursor: params.cursor,
@@ -115,14 +110,14 @@ async fn list_projects(
             let page =
                 queries::projects_of(&read.pool, user, params.include_archived, after, limit)
                     .await?;
-            Ok(Some(
-                serde_json::to_value(Paged::from_page(page, ProjectView::from))
-                    .expect("views serialize"),
-            ))
+            Ok(Some(Cached::of(
+                &Paged::from_page(page, ProjectView::from),
+                None,
+            )))
         })
         .await?
         .expect("lists always have a body");
-    Ok(Json(body))
+    Ok(body)
 }
 
 #[utoipa::path(get, path = "/projects/{id}", tag = "projects",
@@ -149,15 +144,15 @@ async fn get_project(
             &caught_up,
             &read.positions,
             || async {
-                Ok(queries::project(&read.pool, user, id)
-                    .await?
-                    .map(|p| serde_json::to_value(ProjectView::from(p)).expect("views serialize")))
+                Ok(queries::project(&read.pool, user, id).await?.map(|p| {
+                    let version = p.version;
+                    Cached::of(&ProjectView::from(p), Some(version))
+                }))
             },
         )
         .await?
         .ok_or_else(|| ApiError::not_found("project"))?;
-    let version = body["version"].as_u64().unwrap_or(0);
-    Ok(([(ETAG, etag(version))], Json(body)).into_response())
+    Ok(body.into_response())
 }
 
 #[derive(Serialize, ToSchema)]
