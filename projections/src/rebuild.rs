@@ -67,6 +67,9 @@ pub struct Report {
     pub projection: String,
     pub position: i64,
     pub events: i64,
+    /// From the start until its new tables were live (swapped in).
+    pub live_after: f64,
+    /// From the start until its report was done (digests included).
     pub seconds: f64,
     pub tables: Vec<TableReport>,
 }
@@ -106,11 +109,12 @@ pub async fn rebuild(
     let mut reports = Vec::new();
     for target in &targets {
         build_indexes(pool, target.projector().as_ref()).await?;
-        let (at, tables) = swap(pool, target, source).await?;
+        let (at, live, tables) = swap(pool, target, source).await?;
         reports.push(Report {
             projection: target.projector().name().to_owned(),
             position: at,
             events: at,
+            live_after: (live - started).as_secs_f64(),
             seconds: started.elapsed().as_secs_f64(),
             tables,
         });
@@ -290,7 +294,7 @@ async fn swap(
     pool: &PgPool,
     target: &TableProjection,
     source: &impl LogSource,
-) -> Result<(i64, Vec<TableReport>), BoxError> {
+) -> Result<(i64, Instant, Vec<TableReport>), BoxError> {
     let name = target.projector().name();
     let tables = target.projector().tables();
     let (live, rebuilt, retired) = (LIVE_SCHEMA, rebuild_schema(name), retired_schema(name));
@@ -346,6 +350,7 @@ async fn swap(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    let live_at = Instant::now();
 
     let mut reports = Vec::new();
     for table in tables {
@@ -366,7 +371,7 @@ async fn swap(
         .execute(&mut conn)
         .await?;
     conn.close().await?;
-    Ok((position, reports))
+    Ok((position, live_at, reports))
 }
 
 /// Row count and an order-independent digest of every row of a table.
