@@ -155,6 +155,18 @@ impl<S: Sink> Consumer<S> {
         };
         let stream = match self.js.get_stream(self.names.events_stream()).await {
             Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(_)
+                ) =>
+            {
+                // Most likely not created yet (the relay creates it) or
+                // deleted and about to be refilled: wait, quietly.
+                tracing::debug!(projection = self.sink.name(), error = %e, "waiting for the events stream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Restart::Recreate;
+            }
             Err(e) => return e.into(),
         };
         let name = self.durable_name();
