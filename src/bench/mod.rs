@@ -17,6 +17,7 @@
 //! target/release/tandem bench login-storm [--logins 32] [--background-concurrency 8] [--duration-secs 30]
 //! target/release/tandem bench queries [--concurrency 64] [--duration-secs 10] [--warmup-secs 2] [--projects-per-user 5]
 //! target/release/tandem bench pipeline [--rate 1000] [--duration-secs 10] [--warmup-secs 2] [--users 64]
+//! target/release/tandem bench replay [--projects 10000]
 //! ```
 //!
 //! - `commands`: `concurrency` users alternate `POST /projects` and
@@ -41,6 +42,10 @@
 //!   answer → every projection's checkpoint at its position (`LISTEN
 //!   tandem_projected`); and where the time goes. Goals at 1,000/s: p99
 //!   under 10 ms and under 25 ms respectively.
+//! - `replay`: a log of about 100 events per project (1M by default) is
+//!   generated in SQL and sequenced; then every projection is rebuilt from
+//!   position 0 and swapped in, as `tandem replay` does. Goal: at least
+//!   50,000 events/s, timed until every new table is live.
 
 mod commands;
 mod database;
