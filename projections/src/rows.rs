@@ -7,10 +7,10 @@
 //! statement per table and kind (deletes first, then inserts, upserts,
 //! counters, updates) whose rows arrive as one typed array per column
 //! (`unnest($1::uuid[], ...)`, never values spliced into SQL), so a batch
-//! of thousands of events costs a handful of statements. Rows are independent, so the order across rows
-//! does not matter; where it would (an operation that does not fold, a
-//! statement on many rows), the fold so far is flushed first and order is
-//! kept.
+//! of thousands of events costs a handful of statements. Rows are
+//! independent, so the order across rows does not matter; where it would
+//! (an operation that does not fold, a statement on many rows), the fold
+//! so far is flushed first and order is kept.
 
 use std::collections::HashMap;
 
@@ -503,4 +503,108 @@ fn statements(rows: Vec<Pending>) -> Result<Vec<Statement>, MixedColumn> {
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: i64) -> Vec<(Col, Lit)> {
+        vec![("id", Lit::Int(n))]
+    }
+
+    /// The statements a fold runs, without their parameters.
+    fn sql(mut ops: RowOps) -> Vec<String> {
+        ops.flush();
+        let mut out = Vec::new();
+        for part in ops.flushed {
+            match part {
+                Flushed::Rows(rows) => {
+                    out.extend(statements(rows).unwrap().into_iter().map(|(s, _)| s))
+                }
+                Flushed::Statement(s, _) => out.push(s),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_insert_and_its_updates_are_one_insert_of_the_final_values() {
+        let mut ops = RowOps::new();
+        ops.insert("t", key(1), vec![("n", Lit::Int(1)), ("s", Lit::from("a"))]);
+        ops.update(
+            "t",
+            key(1),
+            vec![("n", Set::Add(2)), ("s", Set::To(Lit::from("b")))],
+        );
+        ops.update("t", key(1), vec![("n", Set::Add(-1))]);
+        assert_eq!(ops.rows.len(), 1);
+        match &ops.rows[0].body {
+            Body::Insert(values) => {
+                assert!(values.contains(&("n", Lit::Int(2))));
+                assert!(values.contains(&("s", Lit::from("b"))));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sql(ops), ["INSERT INTO t (id, n, s) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])"]);
+    }
+
+    #[test]
+    fn a_row_inserted_and_deleted_in_one_batch_costs_nothing() {
+        let mut ops = RowOps::new();
+        ops.insert("t", key(1), vec![("n", Lit::Int(1))]);
+        ops.delete("t", key(1));
+        assert!(sql(ops).is_empty());
+    }
+
+    #[test]
+    fn a_row_deleted_then_written_again_is_deleted_first() {
+        let mut ops = RowOps::new();
+        ops.update("t", key(1), vec![("n", Set::To(Lit::Int(5)))]);
+        ops.delete("t", key(1));
+        ops.insert("t", key(1), vec![("n", Lit::Int(1))]);
+        let statements = sql(ops);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].starts_with("DELETE FROM t WHERE (id) IN"));
+        assert!(statements[1].starts_with("INSERT INTO t"));
+    }
+
+    #[test]
+    fn counters_add_up_and_updates_of_existing_rows_merge() {
+        let mut ops = RowOps::new();
+        ops.count("c", key(1), "events", 1);
+        ops.count("c", key(1), "events", 1);
+        ops.count("c", key(2), "events", 1);
+        ops.update("t", key(7), vec![("n", Set::Add(1))]);
+        ops.update(
+            "t",
+            key(7),
+            vec![("n", Set::Add(1)), ("s", Set::To(Lit::from("x")))],
+        );
+        assert!(matches!(ops.rows[0].body, Body::Count("events", 2)));
+        match &ops.rows[2].body {
+            Body::Update(set) => assert!(matches!(set[0], ("n", Set::Add(2)))),
+            other => panic!("{other:?}"),
+        }
+        let statements = sql(ops);
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(statements[0].contains("DO UPDATE SET events = c.events + EXCLUDED.events"));
+        assert!(
+            statements[1].starts_with("UPDATE t AS t SET n = t.n + v.v_n, s = v.v_s FROM unnest(")
+        );
+    }
+
+    #[test]
+    fn what_does_not_fold_flushes_and_keeps_its_order() {
+        let mut ops = RowOps::new();
+        // An `Add` to a column the insert did not set cannot fold.
+        ops.insert("t", key(1), vec![("s", Lit::from("a"))]);
+        ops.update("t", key(1), vec![("n", Set::Add(1))]);
+        ops.statement("UPDATE t SET n = 0 WHERE id = $1", vec![Lit::Int(1)]);
+        let statements = sql(ops);
+        assert_eq!(statements.len(), 3, "{statements:?}");
+        assert!(statements[0].starts_with("INSERT INTO t"));
+        assert!(statements[1].starts_with("UPDATE t AS t SET n = t.n + v.v_n"));
+        assert_eq!(statements[2], "UPDATE t SET n = 0 WHERE id = $1");
+    }
 }
