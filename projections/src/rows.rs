@@ -289,27 +289,6 @@ fn cols(values: &[(Col, Lit)]) -> String {
         .join(", ")
 }
 
-/// Groups rows by a signature, keeping first-seen order of the groups.
-fn group<'r>(
-    rows: impl Iterator<Item = &'r Pending>,
-    signature: impl Fn(&Pending) -> Option<String>,
-) -> Vec<Vec<&'r Pending>> {
-    let mut order: Vec<String> = Vec::new();
-    let mut groups: HashMap<String, Vec<&Pending>> = HashMap::new();
-    for row in rows {
-        if let Some(sig) = signature(row) {
-            if !groups.contains_key(&sig) {
-                order.push(sig.clone());
-            }
-            groups.entry(sig).or_default().push(row);
-        }
-    }
-    order
-        .into_iter()
-        .map(|sig| groups.remove(&sig).unwrap_or_default())
-        .collect()
-}
-
 /// `unnest($1::uuid[], $2::text[], ...)` over `columns`.
 fn unnest(columns: &[Column]) -> String {
     let params: Vec<String> = columns
@@ -320,73 +299,106 @@ fn unnest(columns: &[Column]) -> String {
     format!("unnest({})", params.join(", "))
 }
 
-/// The columns of `names` across `rows`, each row giving its values in
-/// that order.
-fn columns(names: &[Col], rows: &[Vec<Lit>]) -> Result<Vec<Column>, MixedColumn> {
+/// The columns of `names` across `rows` (each row its values in that
+/// order), moving the values.
+fn columns(names: &[Col], rows: Vec<Vec<Lit>>) -> Result<Vec<Column>, MixedColumn> {
+    let mut transposed: Vec<Vec<Lit>> = names
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        for (column, value) in transposed.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
     names
         .iter()
-        .enumerate()
-        .map(|(i, name)| Column::of(name, rows.iter().map(move |r| &r[i])))
+        .zip(transposed)
+        .map(|(name, values)| Column::from_values(name, values))
         .collect()
+}
+
+/// Groups `items` by signature, keeping the first-seen order of groups.
+fn group_by<T>(items: Vec<T>, signature: impl Fn(&T) -> String) -> Vec<Vec<T>> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        let sig = signature(&item);
+        match index.get(&sig) {
+            Some(&i) => groups[i].push(item),
+            None => {
+                index.insert(sig, groups.len());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
+}
+
+fn names_of<V>(values: &[(Col, V)]) -> Vec<Col> {
+    values.iter().map(|(c, _)| *c).collect()
 }
 
 type Statement = (String, Vec<Column>);
 
+type Keyed<T> = (&'static str, Vec<(Col, Lit)>, T);
+
 fn statements(rows: Vec<Pending>) -> Result<Vec<Statement>, MixedColumn> {
     let mut out = Vec::new();
     // Deletes of rows as they were before the batch.
-    for g in group(rows.iter(), |r| {
-        r.deleted_first
-            .then(|| format!("{}|{}", r.table, cols(&r.key)))
-    }) {
-        let names: Vec<Col> = g[0].key.iter().map(|(c, _)| *c).collect();
-        let values: Vec<Vec<Lit>> = g
-            .iter()
-            .map(|r| r.key.iter().map(|(_, v)| v.clone()).collect())
+    let deletes: Vec<(&'static str, Vec<(Col, Lit)>)> = rows
+        .iter()
+        .filter(|r| r.deleted_first)
+        .map(|r| (r.table, r.key.clone()))
+        .collect();
+    for g in group_by(deletes, |(t, key)| format!("{t}|{}", cols(key))) {
+        let (table, names) = (g[0].0, names_of(&g[0].1));
+        let values = g
+            .into_iter()
+            .map(|(_, key)| key.into_iter().map(|(_, v)| v).collect())
             .collect();
-        let columns = columns(&names, &values)?;
+        let columns = columns(&names, values)?;
         out.push((
             format!(
-                "DELETE FROM {} WHERE ({}) IN (SELECT * FROM {})",
-                g[0].table,
+                "DELETE FROM {table} WHERE ({}) IN (SELECT * FROM {})",
                 names.join(", "),
                 unnest(&columns)
             ),
             columns,
         ));
     }
+    let (mut inserts, mut upserts, mut counts, mut updates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        match row.body {
+            Body::None => {}
+            Body::Insert(values) => inserts.push((row.table, row.key, values)),
+            Body::Upsert(values) => upserts.push((row.table, row.key, values)),
+            Body::Count(col, n) => counts.push((row.table, row.key, (col, n))),
+            Body::Update(set) => updates.push((row.table, row.key, set)),
+        }
+    }
     // New rows, and rows written whether or not they existed.
-    for upsert in [false, true] {
-        for g in group(rows.iter(), |r| match &r.body {
-            Body::Insert(values) if !upsert => Some(format!("{}|{}", r.table, cols(values))),
-            Body::Upsert(values) if upsert => {
-                Some(format!("{}|{}|{}", r.table, cols(&r.key), cols(values)))
-            }
-            _ => None,
+    for (upsert, rows) in [(false, inserts), (true, upserts)] {
+        let rows: Vec<Keyed<Vec<(Col, Lit)>>> = rows;
+        for g in group_by(rows, |(t, key, values)| {
+            format!("{t}|{}|{}", cols(key), cols(values))
         }) {
-            let r0 = g[0];
-            let (Body::Insert(first) | Body::Upsert(first)) = &r0.body else {
-                unreachable!()
-            };
-            let names: Vec<Col> = first.iter().map(|(c, _)| *c).collect();
-            let values: Vec<Vec<Lit>> = g
-                .iter()
-                .map(|r| match &r.body {
-                    Body::Insert(v) | Body::Upsert(v) => v.iter().map(|(_, v)| v.clone()).collect(),
-                    _ => unreachable!(),
-                })
+            let (table, key_names, names) = (g[0].0, names_of(&g[0].1), names_of(&g[0].2));
+            let values = g
+                .into_iter()
+                .map(|(_, _, v)| v.into_iter().map(|(_, v)| v).collect())
                 .collect();
-            let columns = columns(&names, &values)?;
+            let columns = columns(&names, values)?;
             let mut sql = format!(
-                "INSERT INTO {} ({}) SELECT * FROM {}",
-                r0.table,
+                "INSERT INTO {table} ({}) SELECT * FROM {}",
                 names.join(", "),
                 unnest(&columns)
             );
             if upsert {
                 let updates: Vec<String> = names
                     .iter()
-                    .filter(|c| !r0.key.iter().any(|(k, _)| k == *c))
+                    .filter(|c| !key_names.contains(c))
                     .map(|c| format!("{c} = EXCLUDED.{c}"))
                     .collect();
                 let action = if updates.is_empty() {
@@ -394,106 +406,86 @@ fn statements(rows: Vec<Pending>) -> Result<Vec<Statement>, MixedColumn> {
                 } else {
                     format!("UPDATE SET {}", updates.join(", "))
                 };
-                sql.push_str(&format!(" ON CONFLICT ({}) DO {action}", cols(&r0.key)));
+                sql.push_str(&format!(
+                    " ON CONFLICT ({}) DO {action}",
+                    key_names.join(", ")
+                ));
             }
             out.push((sql, columns));
         }
     }
     // Counters.
-    for g in group(rows.iter(), |r| match &r.body {
-        Body::Count(col, _) => Some(format!("{}|{}|{col}", r.table, cols(&r.key))),
-        _ => None,
+    for g in group_by(counts, |(t, key, (col, _))| {
+        format!("{t}|{}|{col}", cols(key))
     }) {
-        let r0 = g[0];
-        let Body::Count(col, _) = &r0.body else {
-            unreachable!()
-        };
-        let mut names: Vec<Col> = r0.key.iter().map(|(c, _)| *c).collect();
+        let (table, col) = (g[0].0, (g[0].2).0);
+        let keys = names_of(&g[0].1).join(", ");
+        let mut names = names_of(&g[0].1);
         names.push(col);
-        let values: Vec<Vec<Lit>> = g
-            .iter()
-            .map(|r| match &r.body {
-                Body::Count(_, n) => r
-                    .key
-                    .iter()
-                    .map(|(_, v)| v.clone())
-                    .chain([Lit::Int(*n)])
-                    .collect(),
-                _ => unreachable!(),
+        let values = g
+            .into_iter()
+            .map(|(_, key, (_, n))| {
+                key.into_iter()
+                    .map(|(_, v)| v)
+                    .chain([Lit::Int(n)])
+                    .collect()
             })
             .collect();
-        let columns = columns(&names, &values)?;
+        let columns = columns(&names, values)?;
         out.push((
             format!(
-                "INSERT INTO {t} ({all}) SELECT * FROM {src} ON CONFLICT ({keys}) DO UPDATE SET {col} = {t}.{col} + EXCLUDED.{col}",
-                t = r0.table,
+                "INSERT INTO {table} ({all}) SELECT * FROM {src} ON CONFLICT ({keys}) DO UPDATE SET {col} = {table}.{col} + EXCLUDED.{col}",
                 all = names.join(", "),
                 src = unnest(&columns),
-                keys = cols(&r0.key),
             ),
             columns,
         ));
     }
     // Changes to rows that existed before the batch.
-    for g in group(rows.iter(), |r| match &r.body {
-        Body::Update(set) => Some(format!(
-            "{}|{}|{}",
-            r.table,
-            cols(&r.key),
-            set.iter()
-                .map(|(c, s)| format!("{c}{}", if matches!(s, Set::Add(_)) { "+" } else { "=" }))
-                .collect::<String>()
-        )),
-        _ => None,
-    }) {
-        let r0 = g[0];
-        let Body::Update(first) = &r0.body else {
-            unreachable!()
-        };
-        let names: Vec<Col> = r0
-            .key
+    let signature = |(t, key, set): &Keyed<Vec<(Col, Set)>>| {
+        let kinds: String = set
             .iter()
-            .map(|(c, _)| *c)
-            .chain(first.iter().map(|(c, _)| *c))
+            .map(|(c, s)| format!("{c}{}", if matches!(s, Set::Add(_)) { "+" } else { "=" }))
             .collect();
-        let values: Vec<Vec<Lit>> = g
-            .iter()
-            .map(|r| match &r.body {
-                Body::Update(set) => r
-                    .key
-                    .iter()
-                    .map(|(_, v)| v.clone())
-                    .chain(set.iter().map(|(_, s)| match s {
-                        Set::To(v) => v.clone(),
-                        Set::Add(n) => Lit::Int(*n),
-                    }))
-                    .collect(),
-                _ => unreachable!(),
-            })
-            .collect();
-        let columns = columns(&names, &values)?;
-        let aliases: Vec<String> = r0
-            .key
-            .iter()
-            .map(|(c, _)| format!("k_{c}"))
-            .chain(first.iter().map(|(c, _)| format!("v_{c}")))
-            .collect();
-        let sets: Vec<String> = first
+        format!("{t}|{}|{kinds}", cols(key))
+    };
+    for g in group_by(updates, signature) {
+        let (table, key_names) = (g[0].0, names_of(&g[0].1));
+        let sets: Vec<String> = g[0]
+            .2
             .iter()
             .map(|(c, s)| match s {
                 Set::To(_) => format!("{c} = v.v_{c}"),
                 Set::Add(_) => format!("{c} = t.{c} + v.v_{c}"),
             })
             .collect();
-        let matches: Vec<String> = r0
-            .key
+        let aliases: Vec<String> = key_names
             .iter()
-            .map(|(c, _)| format!("t.{c} = v.k_{c}"))
+            .map(|c| format!("k_{c}"))
+            .chain(g[0].2.iter().map(|(c, _)| format!("v_{c}")))
+            .collect();
+        let mut names = key_names.clone();
+        names.extend(names_of(&g[0].2));
+        let values = g
+            .into_iter()
+            .map(|(_, key, set)| {
+                key.into_iter()
+                    .map(|(_, v)| v)
+                    .chain(set.into_iter().map(|(_, s)| match s {
+                        Set::To(v) => v,
+                        Set::Add(n) => Lit::Int(n),
+                    }))
+                    .collect()
+            })
+            .collect();
+        let columns = columns(&names, values)?;
+        let matches: Vec<String> = key_names
+            .iter()
+            .map(|c| format!("t.{c} = v.k_{c}"))
             .collect();
         out.push((
             format!(
-                "UPDATE {} AS t SET {} FROM {} AS v({}) WHERE {}",
-                r0.table,
+                "UPDATE {table} AS t SET {} FROM {} AS v({}) WHERE {}",
                 sets.join(", "),
                 unnest(&columns),
                 aliases.join(", "),

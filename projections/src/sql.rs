@@ -144,22 +144,20 @@ pub enum Column {
 pub struct MixedColumn(pub String);
 
 impl Column {
-    /// The values of one column across rows; the SQL type comes from the
-    /// first non-NULL value, or from the NULLs' own type.
-    pub fn of<'a>(
-        name: &str,
-        values: impl Iterator<Item = &'a Lit> + Clone,
-    ) -> Result<Self, MixedColumn> {
+    /// The values of one column across rows (moved); the SQL type comes
+    /// from the first non-NULL value, or from the NULLs' own type.
+    pub fn from_values(name: &str, values: Vec<Lit>) -> Result<Self, MixedColumn> {
         let kind = values
-            .clone()
+            .iter()
             .find(|v| !matches!(v, Lit::Null(_)))
-            .or_else(|| values.clone().next())
+            .or_else(|| values.first())
             .map_or("text", Lit::sql_type);
         let mixed = || MixedColumn(name.to_owned());
         macro_rules! collect {
             ($variant:ident, $pattern:pat => $value:expr) => {
                 Column::$variant(
                     values
+                        .into_iter()
                         .map(|v| match v {
                             Lit::Null(_) => Ok(None),
                             $pattern => Ok(Some($value)),
@@ -170,12 +168,12 @@ impl Column {
             };
         }
         Ok(match kind {
-            "boolean" => collect!(Bool, Lit::Bool(b) => *b),
-            "bigint" => collect!(Int, Lit::Int(i) => *i),
-            "uuid" => collect!(Uuid, Lit::Uuid(u) => *u),
-            "timestamptz" => collect!(Time, Lit::Time(t) => *t),
-            "date" => collect!(Date, Lit::Date(d) => *d),
-            _ => collect!(Text, Lit::Text(t) => t.clone()),
+            "boolean" => collect!(Bool, Lit::Bool(b) => b),
+            "bigint" => collect!(Int, Lit::Int(i) => i),
+            "uuid" => collect!(Uuid, Lit::Uuid(u) => u),
+            "timestamptz" => collect!(Time, Lit::Time(t) => t),
+            "date" => collect!(Date, Lit::Date(d) => d),
+            _ => collect!(Text, Lit::Text(t) => t),
         })
     }
 
@@ -232,17 +230,14 @@ mod tests {
 
     #[test]
     fn columns_take_their_type_from_values_or_from_typed_nulls() {
-        let values = [Lit::Null("bigint"), Lit::Int(3)];
-        assert!(
-            matches!(Column::of("n", values.iter()).unwrap(), Column::Int(v) if v == vec![None, Some(3)])
-        );
-        let nulls = [Lit::Null("uuid"), Lit::Null("uuid")];
-        assert_eq!(
-            Column::of("u", nulls.iter()).unwrap().array_type(),
-            "uuid[]"
-        );
-        let mixed = [Lit::Int(1), Lit::from("x")];
-        assert!(Column::of("m", mixed.iter()).is_err());
+        let values = vec![Lit::Null("bigint"), Lit::Int(3)];
+        let column = Column::from_values("n", values).unwrap();
+        assert!(matches!(column, Column::Int(v) if v == vec![None, Some(3)]));
+        let nulls = vec![Lit::Null("uuid"), Lit::Null("uuid")];
+        let column = Column::from_values("u", nulls).unwrap();
+        assert_eq!(column.array_type(), "uuid[]");
+        let mixed = vec![Lit::Int(1), Lit::from("x")];
+        assert!(Column::from_values("m", mixed).is_err());
     }
 
     #[test]
