@@ -233,6 +233,27 @@ async fn ten_thousand_concurrent_appends_from_sixteen_writers_reach_the_stream_o
     .await;
 }
 
+/// Runs a relay until its checkpoint reaches the log head, then stops it;
+/// returns that head.
+async fn relay_to_head(app: &TestApp, nats: &async_nats::Client, config: &RelayConfig) -> i64 {
+    let n = head(&app.pool).await;
+    let stop = CancellationToken::new();
+    let task = spawn_relay(
+        app.pool.clone(),
+        nats.clone(),
+        names(app),
+        config.clone(),
+        stop.clone(),
+    );
+    eventually(Duration::from_secs(20), || async {
+        (relay_checkpoint(app).await == n).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_between_publish_and_checkpoint_publishes_nothing_twice_after_restart() {
     let app = spawn_app_with(|o| o.read_side = false).await;
@@ -240,31 +261,13 @@ async fn a_relay_killed_between_publish_and_checkpoint_publishes_nothing_twice_a
     for _ in 0..5 {
         app.create_project(&owner).await;
     }
-    let n = head(&app.pool).await;
     let config = RelayConfig {
         poll_interval: Duration::from_millis(50),
         ..RelayConfig::default()
     };
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let run_relay = || {
-        let stop = CancellationToken::new();
-        let task = spawn_relay(
-            app.pool.clone(),
-            nats.clone(),
-            names(&app),
-            config.clone(),
-            stop.clone(),
-        );
-        (stop, task)
-    };
-    let (stop, task) = run_relay();
+    let n = relay_to_head(&app, &nats, &config).await;
     stream_holds(&app, n as u64).await;
-    eventually(Duration::from_secs(10), || async {
-        (relay_checkpoint(&app).await == n).then_some(())
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
 
     // The crash: published up to n, but the checkpoint says 1.
     sqlx::query("UPDATE relay_checkpoints SET position = 1")
@@ -274,15 +277,8 @@ async fn a_relay_killed_between_publish_and_checkpoint_publishes_nothing_twice_a
     for _ in 0..3 {
         app.create_project(&owner).await;
     }
-    let n2 = head(&app.pool).await;
-    let (stop, task) = run_relay();
-    eventually(Duration::from_secs(20), || async {
-        (relay_checkpoint(&app).await == n2).then_some(())
-    })
-    .await;
+    relay_to_head(&app, &nats, &config).await;
     assert_stream_is_the_log(&app).await;
-    stop.cancel();
-    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,21 +294,7 @@ async fn past_the_dedup_window_a_restarted_relay_skips_what_the_stream_already_h
         ..RelayConfig::default()
     };
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let stop = CancellationToken::new();
-    let task = spawn_relay(
-        app.pool.clone(),
-        nats.clone(),
-        names(&app),
-        config.clone(),
-        stop.clone(),
-    );
-    let n = head(&app.pool).await;
-    eventually(Duration::from_secs(10), || async {
-        (relay_checkpoint(&app).await == n).then_some(())
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
+    relay_to_head(&app, &nats, &config).await;
     sqlx::query("UPDATE relay_checkpoints SET position = 0")
         .execute(&app.pool)
         .await
@@ -321,16 +303,8 @@ async fn past_the_dedup_window_a_restarted_relay_skips_what_the_stream_already_h
     // stands between a republish and a duplicate now.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     app.create_project(&owner).await;
-    let n2 = head(&app.pool).await;
-    let stop = CancellationToken::new();
-    let task = spawn_relay(app.pool.clone(), nats, names(&app), config, stop.clone());
-    eventually(Duration::from_secs(20), || async {
-        (relay_checkpoint(&app).await == n2).then_some(())
-    })
-    .await;
+    relay_to_head(&app, &nats, &config).await;
     assert_stream_is_the_log(&app).await;
-    stop.cancel();
-    task.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
