@@ -1,5 +1,5 @@
 //! Running Tandem: connections to the backing services, and a [`Stack`]
-//! of roles (sequencer, gateway) in one process that stops cleanly.
+//! of roles (sequencer, relay, projections, gateway with its realtime hub) in one process that stops cleanly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tandem_commands::{WriteSide, WriteSideConfig};
 use tandem_domain::envelope::BusNames;
 use tandem_gateway::auth::jwt::JwtKeys;
 use tandem_gateway::read::{QueryCache, ReadSide};
+use tandem_gateway::realtime::{Realtime, RealtimeParts};
 use tandem_gateway::redis_keys::RedisState;
 use tandem_gateway::{AppState, GatewayConfig, Shared};
 use tandem_projections::consumer::{Consumer, ConsumerConfig, Sink};
@@ -99,6 +100,8 @@ pub struct StackOptions {
 pub struct Stack {
     pub addr: SocketAddr,
     pub pool: PgPool,
+    /// The gateway's WebSocket side (its hub, presence, connection count).
+    pub realtime: Realtime,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -140,11 +143,22 @@ impl Stack {
         let cache = QueryCache::new();
         tandem_gateway::read::spawn_invalidator(
             connections.nats.clone(),
-            names,
+            names.clone(),
             cache.clone(),
             positions.clone(),
             pool.clone(),
         );
+        let realtime = Realtime::start(RealtimeParts {
+            pool: pool.clone(),
+            redis: connections.redis.clone(),
+            nats: connections.nats.clone(),
+            names: names.clone(),
+            positions: positions.clone(),
+            config: options.gateway.realtime.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .await
+        .context("starting the realtime hub")?;
         let read = ReadSide {
             pool: pool.clone(),
             positions,
@@ -155,6 +169,7 @@ impl Stack {
         let state = AppState::new(Shared {
             write,
             read,
+            realtime: realtime.clone(),
             redis,
             nats: connections.nats,
             jwt: JwtKeys::new(&options.gateway.jwt),
@@ -164,6 +179,7 @@ impl Stack {
         let addr = listener.local_addr()?;
         let router = tandem_gateway::router(state);
         let stop = shutdown.clone();
+        let hub = realtime.clone();
         tasks.push(tokio::spawn(async move {
             let served =
                 tandem_gateway::serve(listener, router, async move { stop.cancelled().await })
@@ -171,11 +187,14 @@ impl Stack {
             if let Err(e) = served {
                 tracing::error!(error = %e, "gateway stopped with an error");
             }
+            // Upgraded sockets outlive the HTTP server: let them say goodbye.
+            hub.drained(Duration::from_secs(5)).await;
         }));
         tracing::info!(%addr, "gateway listening");
         Ok(Self {
             addr,
             pool,
+            realtime,
             shutdown,
             tasks,
         })

@@ -6,6 +6,7 @@
 //!   (`Email::parse`, `FilePath::parse`, ...). A value that exists is valid.
 //! - [`envelope`]: the CloudEvents envelope of a sequenced event and the
 //!   NATS names it travels under.
+//! - [`live`]: ephemeral messages (presence, cursors, job output) on core NATS.
 //! - [`roles`]: project roles and what each may do.
 //! - [`services`]: the facts an aggregate needs from outside its own stream
 //!   (another aggregate's membership, a file's content), behind a trait.
@@ -18,6 +19,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod live;
 pub mod roles;
 pub mod services;
 pub mod values;

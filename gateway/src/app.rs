@@ -26,7 +26,7 @@ use crate::extract::REQUEST_ID;
 use crate::openapi::ApiDoc;
 use crate::routes::{files, jobs, members, projects, workspaces};
 use crate::state::AppState;
-use crate::{idempotency, ops, queries, rate_limit, telemetry};
+use crate::{idempotency, ops, queries, rate_limit, realtime, telemetry};
 
 fn api(state: &AppState) -> OpenApiRouter<AppState> {
     // Rate limiting is outermost so idempotent replays are counted too.
@@ -53,7 +53,10 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(queries::jobs::routes())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), rate_limit::per_user));
+    // The socket authenticates in-band, and is limited per connection.
+    let realtime = OpenApiRouter::new().routes(utoipa_axum::routes!(realtime::route::upgrade));
     auth.merge(rest)
+        .merge(realtime)
         .route_layer(from_fn(telemetry::track_requests))
 }
 

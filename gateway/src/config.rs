@@ -52,7 +52,7 @@ pub struct GatewayConfig {
     pub rate_limits: RateLimits,
     /// Largest accepted request body.
     pub body_limit: usize,
-    /// Origins allowed by CORS (and, later, for WebSockets). Empty: none.
+    /// Origins allowed by CORS and to open WebSockets. Empty: none.
     pub cors_origins: Vec<HeaderValue>,
     /// Prefix of every Redis key and NATS subject of this deployment.
     pub namespace: String,
@@ -61,6 +61,48 @@ pub struct GatewayConfig {
     /// How long a retry waits for the first request with its
     /// `Idempotency-Key` to finish.
     pub idempotency_wait: Duration,
+    pub realtime: RealtimeConfig,
+}
+
+/// The WebSocket endpoint's limits and clocks.
+#[derive(Clone, Debug)]
+pub struct RealtimeConfig {
+    /// A connection must authenticate within this long.
+    pub auth_timeout: Duration,
+    /// Frames waiting to be written to one connection; a connection whose
+    /// queue overflows is closed as a slow consumer (1013).
+    pub outbox_frames: usize,
+    /// Largest client message (1009 above it).
+    pub max_message_bytes: usize,
+    /// Largest `data` of a cursor or broadcast, serialized.
+    pub ephemeral_max_bytes: usize,
+    /// Cursors and broadcasts per second per connection (burst: twice that).
+    pub ephemeral_per_sec: u32,
+    /// How often the server pings; a connection silent for
+    /// `idle_timeout` is closed.
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    /// A presence entry lives this long without a heartbeat, so the users of
+    /// a gateway that died leave within it.
+    pub presence_ttl: Duration,
+    /// Connections one gateway holds at most (503 beyond).
+    pub max_connections: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(5),
+            outbox_frames: 1024,
+            max_message_bytes: 64 * 1024,
+            ephemeral_max_bytes: 4 * 1024,
+            ephemeral_per_sec: 30,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(30),
+            max_connections: 100_000,
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -84,6 +126,7 @@ impl GatewayConfig {
             namespace: "tandem".to_owned(),
             trust_forwarded_for: false,
             idempotency_wait: Duration::from_secs(10),
+            realtime: RealtimeConfig::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`routes`]: the command endpoints, one module per resource.
 //! - [`queries`], [`read`]: the query endpoints, `?min_position=`, the
 //!   query cache and its invalidation.
+//! - [`realtime`]: `GET /api/v1/ws`: subscriptions, presence, cursors.
 //! - [`error`], [`rejections`], [`extract`], [`reply`]: problem+json, the
 //!   domain-error → HTTP mapping, extractors, command answers.
 //! - [`rate_limit`], [`idempotency`], [`redis_keys`]: middleware and the
@@ -26,6 +27,7 @@ pub mod ops;
 pub mod queries;
 pub mod rate_limit;
 pub mod read;
+pub mod realtime;
 pub mod redis_keys;
 pub mod rejections;
 pub mod reply;
@@ -34,5 +36,5 @@ pub mod state;
 pub mod telemetry;
 
 pub use app::{router, serve};
-pub use config::{GatewayConfig, JwtConfig, RateLimits, Secret};
+pub use config::{GatewayConfig, JwtConfig, RateLimits, RealtimeConfig, Secret};
 pub use state::{AppState, Shared};

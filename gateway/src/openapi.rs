@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         (name = "auth", description = "Registration, login, token refresh and logout"),
         (name = "projects"), (name = "members"), (name = "workspaces"),
         (name = "files"), (name = "jobs"), (name = "operations"),
+        (name = "realtime", description = "One WebSocket, many project subscriptions: ops `auth`, `subscribe` (with `since`), `unsubscribe`, `cursor`, `broadcast`, `ping`; frames `subscribed`, `event`, `presence`, `cursor`, `broadcast`, `job_output`, `error`, `pong` (API.md, Realtime)"),
     )
 )]
 pub struct ApiDoc;

@@ -9,11 +9,13 @@ use tandem_commands::WriteSide;
 use crate::auth::jwt::JwtKeys;
 use crate::config::GatewayConfig;
 use crate::read::ReadSide;
+use crate::realtime::Realtime;
 use crate::redis_keys::RedisState;
 
 pub struct Shared {
     pub write: WriteSide,
     pub read: ReadSide,
+    pub realtime: Realtime,
     pub redis: RedisState,
     pub nats: async_nats::Client,
     pub jwt: JwtKeys,

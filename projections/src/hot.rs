@@ -115,6 +115,24 @@ impl HotState {
             .await
     }
 
+    /// The user's role in the project together with the hot state's
+    /// checkpoint, read atomically (one `MULTI`): the role is what the log
+    /// says as of that position.
+    pub async fn role_at(
+        &self,
+        project: Uuid,
+        user: Uuid,
+    ) -> Result<(i64, Option<String>), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        let (checkpoint, role): (Option<i64>, Option<String>) = redis::pipe()
+            .atomic()
+            .get(self.checkpoint_key())
+            .hget(self.members_key(project), user.to_string())
+            .query_async(&mut redis)
+            .await?;
+        Ok((checkpoint.unwrap_or(0), role))
+    }
+
     /// A job's snapshot fields (empty when unknown).
     pub async fn job(
         &self,

@@ -56,6 +56,7 @@ mod pgbench;
 mod pipeline;
 mod queries;
 mod replay;
+pub mod ws_client;
 
 use clap::Subcommand;
 

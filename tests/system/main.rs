@@ -14,5 +14,6 @@ mod pipeline;
 mod projectors;
 mod queries;
 mod rbac;
+mod realtime;
 mod smoke;
 mod write_side;

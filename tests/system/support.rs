@@ -270,6 +270,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
     };
     customize(&mut options);
     let db_url = fresh_database().await;
+    start(db_url, namespace, options).await
+}
+
+/// Starts a stack on `db_url` in `namespace`.
+async fn start(db_url: String, namespace: String, options: Options) -> TestApp {
     let endpoints = Endpoints {
         database_url: db_url.clone(),
         redis_url: options.redis_url.clone(),
@@ -329,6 +334,33 @@ pub struct User {
 }
 
 impl TestApp {
+    /// A second gateway on this app's database and namespace, as another
+    /// process would run it: no sequencer, relay or projections of its own.
+    pub async fn another_gateway(&self, customize: impl FnOnce(&mut Options)) -> TestApp {
+        let mut options = Options {
+            gateway: gateway_config(&self.namespace),
+            write: WriteSideConfig {
+                hash_concurrency: 4,
+                ..WriteSideConfig::default()
+            },
+            sequencer: false,
+            read_side: false,
+            redis_url: redis_url(),
+        };
+        customize(&mut options);
+        start(self.db_url.clone(), self.namespace.clone(), options).await
+    }
+
+    /// The gateway's realtime side (this handle must own the stack).
+    pub fn realtime(&self) -> tandem_gateway::realtime::Realtime {
+        self.stack.as_ref().expect("the owning handle").realtime.clone()
+    }
+
+    /// `ws://…/api/v1/ws` of this gateway.
+    pub fn ws_url(&self) -> String {
+        tandem::bench::ws_client::url(self.addr)
+    }
+
     /// Another handle on this app for spawned tasks; dropping it stops nothing.
     pub fn handle(&self) -> TestApp {
         TestApp {
