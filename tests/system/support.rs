@@ -353,7 +353,11 @@ impl TestApp {
 
     /// The gateway's realtime side (this handle must own the stack).
     pub fn realtime(&self) -> tandem_gateway::realtime::Realtime {
-        self.stack.as_ref().expect("the owning handle").realtime.clone()
+        self.stack
+            .as_ref()
+            .expect("the owning handle")
+            .realtime
+            .clone()
     }
 
     /// `ws://…/api/v1/ws` of this gateway.

@@ -27,8 +27,10 @@ use crate::state::AppState;
 
 /// Frames written per flush.
 const BATCH: usize = 64;
-/// How long the goodbye (error + close frame) may take to write.
-const GOODBYE: Duration = Duration::from_secs(1);
+/// How long the goodbye (error + close frame) may take to write: long
+/// enough for a slow consumer to drain what is already on the wire and
+/// learn why it is cut off; the queue is freed before.
+const GOODBYE: Duration = Duration::from_secs(10);
 
 /// Why the connection ends.
 struct Closing {
@@ -168,6 +170,8 @@ pub async fn run(state: AppState, mut socket: WebSocket, token: Option<String>) 
     };
     let ending = connection.serve(&mut socket).await;
     connection.leave_all().await;
+    // Frees the queue before a goodbye that may take a while.
+    drop(connection);
     if let Ending::Close(closing) = ending {
         if closing.code == code::SLOW_CONSUMER {
             metrics::counter!("tandem_ws_slow_consumers_total").increment(1);
@@ -300,10 +304,8 @@ impl Connection {
         let shutdown = self.realtime.shutdown.clone();
         let signals = self.signals.clone();
         let config = self.realtime.config.clone();
-        let mut pings = tokio::time::interval_at(
-            Instant::now() + config.ping_interval,
-            config.ping_interval,
-        );
+        let mut pings =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         let slow = || {
             Ending::Close(Closing::new(
                 code::SLOW_CONSUMER,
@@ -432,7 +434,10 @@ impl Connection {
             Err(e) => {
                 let message = format!("not a valid message: {e}");
                 let frame = protocol::error(code::BAD_REQUEST, &message, None);
-                return socket.send(Message::Text(frame)).await.map_err(Ending::from);
+                return socket
+                    .send(Message::Text(frame))
+                    .await
+                    .map_err(Ending::from);
             }
         };
         match op {

@@ -37,7 +37,5 @@ pub fn revoked_session(event: &Envelope) -> Option<Uuid> {
             event.event_type.as_str(),
             "UserLoggedOut" | "RefreshTokenReuseDetected"
         );
-    revokes
-        .then(|| event.aggregateid.parse().ok())
-        .flatten()
+    revokes.then(|| event.aggregateid.parse().ok()).flatten()
 }

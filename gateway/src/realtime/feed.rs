@@ -144,9 +144,10 @@ async fn fill_from_log(hub: &Hub, pool: &PgPool, upto: i64) -> anyhow::Result<()
     }
 }
 
-/// Runs until `shutdown`: relays core-NATS ephemeral traffic to the
-/// subscribers of its project on this gateway.
-pub async fn run_ephemeral(
+/// Subscribes to core-NATS ephemeral traffic at once (so nothing sent
+/// after the gateway started is missed), then relays it, until `shutdown`,
+/// to the subscribers of its project on this gateway.
+pub async fn spawn_ephemeral(
     hub: Arc<Hub>,
     nats: async_nats::Client,
     names: BusNames,
@@ -154,25 +155,44 @@ pub async fn run_ephemeral(
     shutdown: CancellationToken,
 ) {
     let wildcard = format!("{}.live.>", names.namespace());
-    loop {
-        let mut messages = match nats.subscribe(wildcard.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to live traffic; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
+    let mut first = nats.subscribe(wildcard.clone()).await.ok();
+    tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
-                () = shutdown.cancelled() => return,
-                m = messages.next() => m,
+            let subscribed = match first.take() {
+                Some(s) => Ok(s),
+                None => nats.subscribe(wildcard.clone()).await,
             };
-            let Some(message) = message else { break };
-            relay_ephemeral(&hub, gateway, &message.subject, &message.payload);
+            let messages = match subscribed {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to live traffic; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if relay_until_closed(&hub, gateway, messages, &shutdown).await {
+                return;
+            }
         }
+    });
+}
+
+/// `true` when it stopped for shutdown.
+async fn relay_until_closed(
+    hub: &Hub,
+    gateway: Uuid,
+    mut messages: async_nats::Subscriber,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return true,
+            m = messages.next() => m,
+        };
+        let Some(message) = message else { return false };
+        relay_ephemeral(hub, gateway, &message.subject, &message.payload);
     }
 }
 
@@ -196,7 +216,12 @@ fn relay_ephemeral(hub: &Hub, gateway: Uuid, subject: &str, payload: &[u8]) {
                 return;
             };
             let frame = protocol::presence(project, &change.joined, &change.left);
-            hub.dispatch_ephemeral(project, local(change.origin), frame, Ephemeral::KeepWhileHeld);
+            hub.dispatch_ephemeral(
+                project,
+                local(change.origin),
+                frame,
+                Ephemeral::KeepWhileHeld,
+            );
         }
         kind::CURSOR | kind::BROADCAST => {
             let Ok(message) = serde_json::from_slice::<Relayed>(payload) else {

@@ -346,9 +346,7 @@ impl Hub {
             return;
         };
         for (conn, entry) in subscribers.iter_mut() {
-            if Some(*conn) == except
-                || (entry.held.is_some() && held == Ephemeral::DropWhileHeld)
-            {
+            if Some(*conn) == except || (entry.held.is_some() && held == Ephemeral::DropWhileHeld) {
                 continue;
             }
             entry.deliver(Out::Frame(frame.clone()), self.hold_limit);
@@ -395,7 +393,10 @@ mod tests {
         let hub = Hub::new(10, 100);
         let project = Uuid::now_v7();
         let (outbox, mut rx, _) = Outbox::new(100);
-        assert_eq!(hub.hold(project, 1, Uuid::nil(), outbox, Some(3)).unwrap(), 10);
+        assert_eq!(
+            hub.hold(project, 1, Uuid::nil(), outbox, Some(3)).unwrap(),
+            10
+        );
         hub.dispatch(event(11, project));
         hub.dispatch(event(11, project));
         assert!(drain(&mut rx).is_empty(), "held: nothing written yet");

@@ -122,13 +122,7 @@ impl Realtime {
             parts.pool,
             parts.shutdown.clone(),
         ));
-        tokio::spawn(feed::run_ephemeral(
-            hub,
-            parts.nats,
-            parts.names,
-            gateway,
-            parts.shutdown,
-        ));
+        feed::spawn_ephemeral(hub, parts.nats, parts.names, gateway, parts.shutdown).await;
         tokio::spawn(realtime.clone().keep_presence());
         Ok(realtime)
     }

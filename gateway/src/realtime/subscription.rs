@@ -120,9 +120,7 @@ async fn role_at(realtime: &Realtime, project: Uuid, user: Uuid, at: i64) -> Res
     loop {
         match realtime.hot.role_at(project, user).await {
             Ok((checkpoint, role)) if checkpoint >= at => {
-                return role
-                    .and_then(|r| r.parse().ok())
-                    .ok_or(Refusal::Forbidden);
+                return role.and_then(|r| r.parse().ok()).ok_or(Refusal::Forbidden);
             }
             Ok(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
