@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum ClientOp {
     Auth {
         token: String,
@@ -230,6 +230,6 @@ mod tests {
         .unwrap();
         assert!(matches!(op, ClientOp::Subscribe { since: Some(7), .. }));
         assert!(serde_json::from_str::<ClientOp>(r#"{"op":"explode"}"#).is_err());
-        assert!(serde_json::from_str::<ClientOp>(r#"{"op":"ping","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientOp>(r#"{"op":"cursor","project_id":"x"}"#).is_err());
     }
 }
