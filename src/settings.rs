@@ -112,6 +112,26 @@ pub struct Http {
     /// Argon2 hashes at once (default: half the cores).
     #[arg(long, env = "TANDEM_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
+    /// WebSocket frames queued per connection before it is cut off as a
+    /// slow consumer (close 1013).
+    #[arg(long, env = "TANDEM_WS_OUTBOX_FRAMES", default_value_t = 1024)]
+    pub ws_outbox_frames: usize,
+    /// WebSocket connections one gateway holds at most.
+    #[arg(long, env = "TANDEM_WS_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub ws_max_connections: usize,
+    /// A WebSocket must authenticate within this long.
+    #[arg(long, env = "TANDEM_WS_AUTH_TIMEOUT_MS", default_value_t = 5000)]
+    pub ws_auth_timeout_ms: u64,
+    /// Server pings every this long; a connection silent for three times
+    /// as long is closed.
+    #[arg(long, env = "TANDEM_WS_PING_SECS", default_value_t = 20)]
+    pub ws_ping_secs: u64,
+    /// Presence outlives a dead gateway by at most this long.
+    #[arg(long, env = "TANDEM_WS_PRESENCE_TTL_SECS", default_value_t = 30)]
+    pub ws_presence_ttl_secs: u64,
+    /// Cursors and broadcasts per second per connection.
+    #[arg(long, env = "TANDEM_WS_EPHEMERAL_PER_SEC", default_value_t = 30)]
+    pub ws_ephemeral_per_sec: u32,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -157,6 +177,17 @@ impl Http {
             .collect::<anyhow::Result<_>>()?;
         config.namespace = common.namespace.clone();
         config.trust_forwarded_for = self.trust_forwarded_for;
+        let ping = Duration::from_secs(self.ws_ping_secs.max(1));
+        config.realtime = tandem_gateway::RealtimeConfig {
+            outbox_frames: self.ws_outbox_frames.max(2),
+            max_connections: self.ws_max_connections,
+            auth_timeout: Duration::from_millis(self.ws_auth_timeout_ms.max(1)),
+            ping_interval: ping,
+            idle_timeout: ping * 3,
+            presence_ttl: Duration::from_secs(self.ws_presence_ttl_secs.max(1)),
+            ephemeral_per_sec: self.ws_ephemeral_per_sec.max(1),
+            ..config.realtime
+        };
         Ok(config)
     }
 
