@@ -118,6 +118,23 @@ async fn touch(app: &TestApp, user: &User, project: Uuid) -> i64 {
     body(r).await["position"].as_i64().expect("sequenced")
 }
 
+/// Saves a file (an aggregate of its own, so concurrent saves to
+/// different paths never conflict); returns the event's position.
+async fn save(app: &TestApp, user: &User, workspace: Uuid, path: &str) -> i64 {
+    let r = app
+        .as_user(
+            user,
+            Method::PUT,
+            &format!("/workspaces/{workspace}/files/{path}"),
+        )
+        .json(&json!({"content": path}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    body(r).await["position"].as_i64().expect("sequenced")
+}
+
 #[tokio::test]
 async fn a_reconnecting_subscriber_gets_exactly_what_it_missed() {
     let app = spawn_app().await;
@@ -166,16 +183,17 @@ async fn events_committed_during_catch_up_are_neither_lost_nor_repeated() {
     let app = spawn_app().await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    for _ in 0..20 {
+    let workspace = app.create_workspace(&owner, project, "hammered").await;
+    for _ in 0..19 {
         touch(&app, &owner, project).await;
     }
     let writers: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|w| {
             let app = app.handle();
             let owner = owner.clone();
             tokio::spawn(async move {
-                for _ in 0..25 {
-                    touch(&app, &owner, project).await;
+                for i in 0..25 {
+                    save(&app, &owner, workspace, &format!("w{w}/f{i}.txt")).await;
                 }
             })
         })
