@@ -135,10 +135,18 @@ async fn read_side_progress(state: &AppState) -> Result<serde_json::Value, sqlx:
     if let Some(relay) = relay {
         metrics::gauge!("tandem_relay_lag_events").set((head - relay).max(0) as f64);
     }
+    let live = state.realtime.hub.position();
+    metrics::gauge!("tandem_ws_live_lag_events").set((head - live).max(0) as f64);
     Ok(json!({
         "head_position": head,
         "relay_position": relay,
         "read_position": state.read.positions.current(),
         "projections": projections,
+        "realtime": {
+            "live_position": live,
+            "lag": (head - live).max(0),
+            "connections": state.realtime.connection_count(),
+            "subscriptions": state.realtime.hub.subscriptions(),
+        },
     }))
 }

@@ -700,3 +700,37 @@ async fn a_python_websockets_client_resumes_in_order() {
     let seen: Vec<i64> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn readyz_and_metrics_report_the_live_feed() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    let mut ws = connect(&app, &owner).await;
+    subscribe(&mut ws, project, None).await;
+    let position = touch(&app, &owner, project).await;
+    assert_eq!(events(&mut ws, 1).await.last(), Some(&position));
+    let ready = app
+        .client
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    let realtime = body(ready).await["read_side"]["realtime"].clone();
+    assert!(
+        realtime["live_position"].as_i64().unwrap() >= position,
+        "{realtime}"
+    );
+    assert_eq!(realtime["connections"], 1, "{realtime}");
+    assert_eq!(realtime["subscriptions"], 1, "{realtime}");
+    let metrics = app
+        .client
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("tandem_ws_live_lag_events"));
+}
