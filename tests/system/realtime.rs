@@ -5,10 +5,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tandem::bench::ws_client::{Incoming, WsClient};
 use tandem_domain::envelope::BusNames;
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::support::{
@@ -49,6 +51,14 @@ async fn expect_op(ws: &mut WsClient, op: &str) -> Value {
 async fn subscribe(ws: &mut WsClient, project: Uuid, since: Option<i64>) -> Value {
     ws.subscribe(project, since).await.unwrap();
     expect_op(ws, "subscribed").await
+}
+
+/// Subscribes for what happens from now on: `since` = the project's last
+/// position in the log (live may start earlier, while the hub catches up
+/// with the relay; `since` keeps those out).
+async fn subscribe_now(app: &TestApp, ws: &mut WsClient, project: Uuid) -> Value {
+    let latest = log_positions(app, project, 0).await.last().copied();
+    subscribe(ws, project, latest).await
 }
 
 /// Positions of the next `n` event frames.
@@ -234,10 +244,10 @@ async fn gateways_share_events_presence_and_cursors() {
         .await;
 
     let mut on_b = connect(&b, &owner).await;
-    let subscribed = subscribe(&mut on_b, project, None).await;
+    let subscribed = subscribe_now(&a, &mut on_b, project).await;
     assert_eq!(subscribed["presence"], json!([owner.id]));
     let mut on_a = connect(&a, &collaborator).await;
-    let subscribed = subscribe(&mut on_a, project, None).await;
+    let subscribed = subscribe_now(&a, &mut on_a, project).await;
     let present: HashSet<String> = serde_json::from_value(subscribed["presence"].clone()).unwrap();
     assert_eq!(
         present,
@@ -287,14 +297,14 @@ async fn two_tabs_are_one_presence_and_a_dead_gateways_users_leave() {
     let project = app.create_project(&owner).await;
     app.invite(&owner, project, &other, "viewer").await;
     let mut watcher = connect(&app, &owner).await;
-    subscribe(&mut watcher, project, None).await;
+    subscribe_now(&app, &mut watcher, project).await;
 
     let mut tab1 = connect(&app, &other).await;
-    subscribe(&mut tab1, project, None).await;
+    subscribe_now(&app, &mut tab1, project).await;
     let joined = watcher.recv_within(WAIT).await.unwrap().unwrap().frame();
     assert_eq!(joined["joined"], json!([other.id]));
     let mut tab2 = connect(&app, &other).await;
-    let second = subscribe(&mut tab2, project, None).await;
+    let second = subscribe_now(&app, &mut tab2, project).await;
     assert_eq!(second["presence"].as_array().unwrap().len(), 2);
     drop(tab1);
     assert!(
@@ -353,7 +363,7 @@ async fn membership_decides_who_subscribes_and_who_sends() {
     quiet(&mut ws).await;
 
     let mut ws = connect(&app, &viewer).await;
-    subscribe(&mut ws, project, None).await;
+    subscribe_now(&app, &mut ws, project).await;
     ws.send(&json!({"op": "cursor", "project_id": project, "data": {"x": 1}}))
         .await
         .unwrap();
@@ -391,7 +401,7 @@ async fn a_promoted_viewer_may_send_cursors() {
     let project = app.create_project(&owner).await;
     app.invite(&owner, project, &member, "viewer").await;
     let mut ws = connect(&app, &member).await;
-    subscribe(&mut ws, project, None).await;
+    subscribe_now(&app, &mut ws, project).await;
     let r = app
         .as_user(
             &owner,
@@ -408,7 +418,7 @@ async fn a_promoted_viewer_may_send_cursors() {
         "MemberRoleChanged"
     );
     let mut watcher = connect(&app, &owner).await;
-    subscribe(&mut watcher, project, None).await;
+    subscribe_now(&app, &mut watcher, project).await;
     ws.send(&json!({"op": "cursor", "project_id": project, "data": [1, 2]}))
         .await
         .unwrap();
@@ -421,7 +431,7 @@ async fn cursors_are_size_capped_and_rate_limited() {
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut ws = connect(&app, &owner).await;
-    subscribe(&mut ws, project, None).await;
+    subscribe_now(&app, &mut ws, project).await;
     let big = "x".repeat(5000);
     ws.send(&json!({"op": "broadcast", "project_id": project, "data": big}))
         .await
@@ -442,7 +452,7 @@ async fn job_output_reaches_the_projects_subscribers() {
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut ws = connect(&app, &owner).await;
-    subscribe(&mut ws, project, None).await;
+    subscribe_now(&app, &mut ws, project).await;
     let job = Uuid::now_v7();
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let names = BusNames::new(&app.namespace).unwrap();
@@ -621,7 +631,7 @@ async fn a_slow_consumer_is_cut_off_and_forgotten() {
     let mut slow = WsClient::open_small_buffer(app.addr, &owner.access)
         .await
         .unwrap();
-    subscribe(&mut slow, project, None).await;
+    subscribe_now(&app, &mut slow, project).await;
     let realtime = app.realtime();
     assert_eq!(realtime.hub.subscriptions(), 1);
     // 60 KiB events, never read: the kernel buffers fill, then the outbox.
@@ -707,7 +717,7 @@ async fn readyz_and_metrics_report_the_live_feed() {
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut ws = connect(&app, &owner).await;
-    subscribe(&mut ws, project, None).await;
+    subscribe_now(&app, &mut ws, project).await;
     let position = touch(&app, &owner, project).await;
     assert_eq!(events(&mut ws, 1).await.last(), Some(&position));
     let ready = app
@@ -733,4 +743,40 @@ async fn readyz_and_metrics_report_the_live_feed() {
         .await
         .unwrap();
     assert!(metrics.contains("tandem_ws_live_lag_events"));
+}
+
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_closed_as_idle() {
+    let app = spawn_app_with(|o| {
+        o.gateway.realtime.ping_interval = Duration::from_millis(200);
+        o.gateway.realtime.idle_timeout = Duration::from_millis(700);
+    })
+    .await;
+    let user = app.user().await;
+    let mut ws = connect(&app, &user).await;
+    // Not reading means not answering pings: after the idle timeout the
+    // server gives up on us.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pings = 0;
+    let mut error = Value::Null;
+    let code = loop {
+        match ws.socket.next().await {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Text(text))) => error = serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(pings >= 1, "the server pinged before giving up");
+    assert_eq!((error["code"].as_str(), code), (Some("idle"), Some(1001)));
+
+    // A client that reads answers the pings and stays.
+    let mut ws = connect(&app, &user).await;
+    assert!(ws
+        .recv_within(Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .is_none());
+    ws.send(&json!({"op": "ping"})).await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().frame()["op"], "pong");
 }

@@ -31,6 +31,8 @@ const BATCH: usize = 64;
 /// enough for a slow consumer to drain what is already on the wire and
 /// learn why it is cut off; the queue is freed before.
 const GOODBYE: Duration = Duration::from_secs(10);
+/// How long the client has to answer our close frame with its own.
+const CLOSE_REPLY: Duration = Duration::from_secs(2);
 
 /// Why the connection ends.
 struct Closing {
@@ -193,12 +195,25 @@ async fn goodbye(socket: &mut WebSocket, closing: &Closing) {
         code: closing.close,
         reason: Utf8Bytes::from_static(closing.code),
     }));
-    let _ = tokio::time::timeout(GOODBYE, async {
+    let sent = tokio::time::timeout(GOODBYE, async {
         socket.feed(Message::Text(frame)).await?;
         socket.feed(close).await?;
         socket.flush().await
     })
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        // The closing handshake: read (and drop) what the client still
+        // sends until its close frame, so it does not write into a socket
+        // we already shut.
+        let _ = tokio::time::timeout(CLOSE_REPLY, async {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 async fn verify(state: &AppState, raw: &str) -> Result<AccessToken, Closing> {
