@@ -11,7 +11,8 @@
 //! third of the TTL; the entries of a gateway that died expire, and the
 //! next sweep by any gateway with subscribers in that project announces
 //! the leave. Every change is one Lua script, so of two gateways sweeping
-//! the same user only one announces it.
+//! the same user only one announces it. Every key expires with its latest
+//! entry, so gateways that all died leave nothing behind.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,7 +31,7 @@ redis.call('ZADD', conns, ARGV[4], ARGV[1])
 redis.call('PEXPIREAT', conns, ARGV[4])
 local before = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
 redis.call('ZADD', KEYS[1], 'GT', ARGV[4], ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[4], 'GT')
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 local joined = 0
 if had == 0 and before <= tonumber(ARGV[3]) then joined = 1 end
 local reply = { joined }
@@ -65,7 +66,7 @@ for i = 3, #ARGV, 2 do
   redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[i + 1])
   if before <= tonumber(ARGV[1]) then table.insert(back, ARGV[i + 1]) end
 end
-redis.call('PEXPIREAT', KEYS[1], ARGV[2], 'GT')
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return back
 ";
 
