@@ -81,12 +81,7 @@ async fn without_redis_tokens_cannot_be_vouched_for_but_anonymous_requests_go_on
     assert_eq!(registered.status(), 201);
     assert!(!registered.headers().contains_key("ratelimit-limit"));
 
-    let ready = app
-        .client
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.ops("readyz").await;
     assert_eq!(ready.status(), 503);
     let ready = body(ready).await;
     assert_eq!(ready["checks"]["redis"], "unavailable", "{ready}");

@@ -510,14 +510,7 @@ async fn readyz_and_metrics_report_each_projections_position_and_lag() {
     let at = position(&created);
     // Once a query has seen the position, /readyz must report it.
     get_at(&app, &owner, "/projects", at).await;
-    let ready = body(
-        app.client
-            .get(format!("http://{}/readyz", app.addr))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let ready = body(app.ops("readyz").await).await;
     let read_side = &ready["read_side"];
     assert!(
         read_side["head_position"].as_i64().unwrap() >= at,
@@ -535,15 +528,7 @@ async fn readyz_and_metrics_report_each_projections_position_and_lag() {
         );
         assert!(projection["lag"].as_i64().unwrap() >= 0, "{name}: {ready}");
     }
-    let metrics = app
-        .client
-        .get(format!("http://{}/metrics", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("tandem_projection_lag_events{projection=\"files\"}"),
         "{metrics}"

@@ -114,18 +114,8 @@ async fn log_positions(app: &TestApp, project: Uuid, after: i64) -> Vec<i64> {
 
 /// Issues a command that adds one event to the project; returns its position.
 async fn touch(app: &TestApp, user: &User, project: Uuid) -> i64 {
-    let r = app
-        .as_user(
-            user,
-            Method::POST,
-            &format!("/projects/{project}/workspaces"),
-        )
-        .json(&json!({"name": format!("w{}", Uuid::new_v4().simple())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    body(r).await["position"].as_i64().expect("sequenced")
+    let name = format!("w{}", Uuid::new_v4().simple());
+    app.create_workspace_at(user, project, &name).await.1
 }
 
 /// Saves a file (an aggregate of its own, so concurrent saves to
@@ -720,29 +710,17 @@ async fn readyz_and_metrics_report_the_live_feed() {
     subscribe_now(&app, &mut ws, project).await;
     let position = touch(&app, &owner, project).await;
     assert_eq!(events(&mut ws, 1).await.last(), Some(&position));
-    let ready = app
-        .client
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    let realtime = body(ready).await["read_side"]["realtime"].clone();
+    let realtime = body(app.ops("readyz").await).await["read_side"]["realtime"].clone();
     assert!(
         realtime["live_position"].as_i64().unwrap() >= position,
         "{realtime}"
     );
     assert_eq!(realtime["connections"], 1, "{realtime}");
     assert_eq!(realtime["subscriptions"], 1, "{realtime}");
-    let metrics = app
-        .client
-        .get(format!("http://{}/metrics", app.addr))
-        .send()
+    assert!(app
+        .metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("tandem_ws_live_lag_events"));
+        .contains("tandem_ws_live_lag_events"));
 }
 
 #[tokio::test]

@@ -360,6 +360,20 @@ impl TestApp {
             .clone()
     }
 
+    /// `GET /<path>` outside `/api/v1` (`readyz`, `metrics`, ...).
+    pub async fn ops(&self, path: &str) -> Response {
+        self.client
+            .get(format!("http://{}/{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.ops("metrics").await.text().await.unwrap()
+    }
+
     /// `ws://…/api/v1/ws` of this gateway.
     pub fn ws_url(&self) -> String {
         tandem::bench::ws_client::url(self.addr)
@@ -452,6 +466,11 @@ impl TestApp {
     }
 
     pub async fn create_workspace(&self, user: &User, project: Uuid, name: &str) -> Uuid {
+        self.create_workspace_at(user, project, name).await.0
+    }
+
+    /// Creates a workspace; returns its id and the event's log position.
+    pub async fn create_workspace_at(&self, user: &User, project: Uuid, name: &str) -> (Uuid, i64) {
         let r = self
             .as_user(
                 user,
@@ -463,7 +482,11 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
-        body(r).await["id"].as_str().unwrap().parse().unwrap()
+        let created = body(r).await;
+        (
+            created["id"].as_str().unwrap().parse().unwrap(),
+            created["position"].as_i64().expect("sequenced"),
+        )
     }
 
     /// Events of one aggregate as stored, in sequence order.
