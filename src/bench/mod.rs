@@ -18,6 +18,7 @@
 //! target/release/tandem bench queries [--concurrency 64] [--duration-secs 10] [--warmup-secs 2] [--projects-per-user 5]
 //! target/release/tandem bench pipeline [--rate 1000] [--duration-secs 10] [--warmup-secs 2] [--users 64]
 //! target/release/tandem bench replay [--projects 10000]
+//! target/release/tandem bench realtime [--connections 20000] [--fanout-subscribers 10000] [--duration-secs 10] [--only idle,fanout,deliveries]
 //! ```
 //!
 //! - `commands`: `concurrency` users alternate `POST /projects` and
@@ -46,6 +47,28 @@
 //!   generated in SQL and sequenced; then every projection is rebuilt from
 //!   position 0 and swapped in, as `tandem replay` does. Goal: at least
 //!   50,000 events/s, timed until every new table is live.
+//! - `realtime`: WebSockets on one gateway, run as a separate `tandem
+//!   gateway` process (this executable, on the bench database and
+//!   namespace, with the environment it inherits, so `TANDEM_WS_*` apply)
+//!   so its memory is its own; the in-process stack runs the sequencer,
+//!   relay and projections and takes the commands (`PATCH /projects/{id}`,
+//!   one event each). The open-file limit is raised for this process and
+//!   the gateway (past the hard one only with CAP_SYS_RESOURCE). Three
+//!   measurements, each on its own connections. *idle*: `connections`
+//!   authenticated sockets, each subscribed to one of 100 projects, held
+//!   for `--hold-secs` (65, past the gateway's idle timeout, so only
+//!   sockets answering its pings count), fewer if the open-file limits
+//!   leave no room for them all; the gateway's `VmRSS` after 500 warm-up
+//!   connections and after all of them gives the KiB per connection.
+//!   Goals: 20,000 connections held, at most 20 KiB each. *fanout*:
+//!   10,000 subscribers of one project, one command every
+//!   `--fanout-interval-ms`; per event, its command's 2xx answer → the
+//!   last subscriber reading it. Goal: p99 under 200 ms, no event missed.
+//!   *deliveries*: 10 subscribers in each of the 100 projects while 32
+//!   HTTP clients send commands round-robin over them; event frames read
+//!   per second, and each subscriber's events compared with its project's
+//!   log after its `subscribed` position. Goal: every subscriber gapless
+//!   and in order.
 
 mod commands;
 mod database;
@@ -55,6 +78,7 @@ mod measure;
 mod pgbench;
 mod pipeline;
 mod queries;
+mod realtime;
 mod replay;
 pub mod ws_client;
 
@@ -66,6 +90,7 @@ pub use commands::CommandsArgs;
 pub use login_storm::LoginStormArgs;
 pub use pipeline::PipelineArgs;
 pub use queries::QueriesArgs;
+pub use realtime::RealtimeArgs;
 pub use replay::ReplayArgs;
 
 #[derive(Subcommand, Clone, Debug)]
@@ -81,6 +106,9 @@ pub enum Which {
     /// Latency at a fixed command rate: commit → JetStream ack, and
     /// command accepted → visible in its read model.
     Pipeline(PipelineArgs),
+    /// WebSockets on a gateway process of their own: idle connections and
+    /// their memory, fan-out latency to 10,000 subscribers, deliveries/s.
+    Realtime(RealtimeArgs),
 }
 
 pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
@@ -90,5 +118,6 @@ pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
         Which::Replay(args) => replay::replay(common, args).await,
         Which::Queries(args) => queries::queries(common, args).await,
         Which::Pipeline(args) => pipeline::pipeline(common, args).await,
+        Which::Realtime(args) => realtime::realtime(common, args).await,
     }
 }
