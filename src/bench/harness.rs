@@ -256,27 +256,60 @@ pub(super) async fn register_users(
         .await
 }
 
-/// Logs every user in; returns their access tokens.
-async fn log_in_all(api: &Api, emails: &[String], password: &str) -> anyhow::Result<Vec<String>> {
+/// Logs every user in through `login` (the request to send each one's
+/// credentials to); returns their access tokens.
+pub(super) async fn log_in_all(
+    emails: &[String],
+    password: &str,
+    login: impl Fn(&str) -> RequestBuilder,
+) -> anyhow::Result<Vec<String>> {
     futures::stream::iter(emails)
-        .map(|email| async move {
-            let body = json!({"email": email, "password": password});
-            let tokens = api
-                .expect_ok(api.request(Method::POST, "/auth/login", None).json(&body))
-                .await?;
-            let access = tokens["access_token"].as_str().context("no access_token")?;
-            Ok::<_, anyhow::Error>(access.to_owned())
+        .map(|email| {
+            let request = login(email).json(&json!({"email": email, "password": password}));
+            async move {
+                let response = request.send().await?;
+                let status = response.status();
+                let body: Value = response.json().await?;
+                anyhow::ensure!(status.is_success(), "login failed with {status}: {body}");
+                let token = body["access_token"].as_str().context("no access_token")?;
+                Ok(token.to_owned())
+            }
         })
         .buffered(SETUP_PARALLELISM)
         .try_collect()
         .await
 }
 
+/// Sends a command; its position (the last of its events) or the kind of
+/// failure.
+pub(super) async fn send_command(request: RequestBuilder) -> Result<i64, String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("transport: {e}"))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| format!("transport (body): {e}"))?;
+    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let code = body["code"].as_str().unwrap_or("(no code)");
+        return Err(format!("{} {code}", status.as_u16()));
+    }
+    body["position"]
+        .as_i64()
+        .ok_or_else(|| format!("{} without position", status.as_u16()))
+}
+
 /// `count` logged-in users.
 pub(super) async fn tokens(api: &Api, count: u32) -> anyhow::Result<Vec<String>> {
     let password = random_hex();
     let emails = register_users(api, count, &password).await?;
-    log_in_all(api, &emails, &password).await
+    log_in_all(&emails, &password, |_| {
+        api.request(Method::POST, "/auth/login", None)
+    })
+    .await
 }
 
 /// A logged-in user with a workspace of its own to write files into.

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use clap::Args;
 use futures::StreamExt;
 use reqwest::{Method, RequestBuilder};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tandem_commands::WriteSideConfig;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::database::BenchDatabase;
-use super::harness::{actors, Actor, Api, Roles, Running};
+use super::harness::{actors, send_command, Actor, Api, Roles, Running};
 use super::measure::{ms, print_errors, verdict, Errors, Percentiles};
 use crate::settings::Common;
 use crate::stack;
@@ -284,7 +284,7 @@ async fn drive(api: &Api, actors: Vec<Actor>, args: &PipelineArgs) -> Load {
         let (kind, request) = command(api, &actors, k);
         let tx = tx.clone();
         tokio::spawn(async move {
-            let outcome = send(request).await;
+            let outcome = send_command(request).await;
             let _ = tx.send(Command {
                 kind,
                 scheduled,
@@ -325,27 +325,6 @@ fn command(api: &Api, actors: &[Actor], k: u64) -> (Kind, RequestBuilder) {
             .json(&json!({"content": content}));
         (Kind::File, request)
     }
-}
-
-/// The answer's position, or the kind of failure.
-async fn send(request: RequestBuilder) -> Result<i64, String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("transport: {e}"))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| format!("transport (body): {e}"))?;
-    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let code = body["code"].as_str().unwrap_or("(no code)");
-        return Err(format!("{} {code}", status.as_u16()));
-    }
-    body["position"]
-        .as_i64()
-        .ok_or_else(|| format!("{} without position", status.as_u16()))
 }
 
 // -- the observer -------------------------------------------------------------

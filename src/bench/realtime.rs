@@ -27,7 +27,7 @@ use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tandem_commands::WriteSideConfig;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::database::BenchDatabase;
-use super::harness::{random_hex, register_users, Api, Roles, Running};
+use super::harness::{log_in_all, random_hex, register_users, send_command, Api, Roles, Running};
 use super::measure::{error_total, merge_errors, ms, print_errors, verdict, Errors, Percentiles};
 use super::ws_client::{self, Incoming, WsClient};
 use crate::settings::Common;
@@ -573,30 +573,6 @@ async fn set_up(
     })
 }
 
-async fn log_in_all(
-    emails: &[String],
-    password: &str,
-    login: impl Fn(&str) -> RequestBuilder,
-) -> anyhow::Result<Vec<String>> {
-    futures::stream::iter(emails)
-        .map(|email| {
-            let request = login(email).json(&json!({"email": email, "password": password}));
-            async move {
-                let response = request.send().await?;
-                let status = response.status();
-                let body: Value = response.json().await?;
-                if !status.is_success() {
-                    bail!("login failed with {status}: {body}");
-                }
-                let token = body["access_token"].as_str().context("no access_token")?;
-                Ok(token.to_owned())
-            }
-        })
-        .buffered(SETUP_PARALLELISM)
-        .try_collect()
-        .await
-}
-
 /// Until the read side has applied `position` (memberships are checked
 /// against it when subscribing).
 async fn wait_for_read_side(api: &Api, token: &str, position: i64) -> anyhow::Result<()> {
@@ -839,28 +815,6 @@ fn count_lost<'a>(lost: impl Iterator<Item = &'a Lost>) -> Errors {
         *errors.entry(kind.clone()).or_default() += 1;
     }
     errors
-}
-
-/// Sends a command; its position (the last of its events) or the kind of
-/// failure.
-async fn command(request: RequestBuilder) -> Result<i64, String> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("transport: {e}"))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| format!("transport (body): {e}"))?;
-    let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let code = body["code"].as_str().unwrap_or("(no code)");
-        return Err(format!("{} {code}", status.as_u16()));
-    }
-    body["position"]
-        .as_i64()
-        .ok_or_else(|| format!("{} without position", status.as_u16()))
 }
 
 /// One event in a project: a new description (`PATCH /projects/{id}`).
@@ -1126,7 +1080,7 @@ async fn fanout(
     for n in 0..u64::from(args.fanout_events) {
         ticks.tick().await;
         let sent = Instant::now();
-        match command(touch(api, project, token, n)).await {
+        match send_command(touch(api, project, token, n)).await {
             Ok(position) => {
                 let at = Instant::now();
                 answer.push(at - sent);
@@ -1341,7 +1295,7 @@ async fn drive(
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let project = (n % projects.len() as u64) as usize;
                 let token = &tokens[project % tokens.len()];
-                match command(touch(&api, projects[project], token, n)).await {
+                match send_command(touch(&api, projects[project], token, n)).await {
                     Ok(position) => accepted.push((project, position)),
                     Err(kind) => *failed.entry(kind).or_default() += 1,
                 }

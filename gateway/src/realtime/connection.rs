@@ -15,8 +15,8 @@ use futures::SinkExt;
 use tandem_domain::live::{kind, Relayed};
 use tandem_domain::Role;
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::{ConnId, Out, Outbox, Signals};
@@ -80,7 +80,10 @@ impl From<axum::Error> for Ending {
 struct Subscription {
     /// `None` until authorized.
     role: Option<Role>,
-    task: JoinHandle<()>,
+    /// Stops the subscription's catch-up task. Not its `JoinHandle`: a
+    /// handle keeps a finished task's memory alive, and most subscriptions
+    /// are live, their task long done.
+    cancel: CancellationToken,
 }
 
 /// Cursors and broadcasts allowed per connection: a token bucket.
@@ -560,12 +563,17 @@ impl Connection {
             user: self.token.user.0,
             outbox: self.outbox.clone(),
         };
-        let task = self
-            .realtime
-            .tracker
-            .spawn(subscription::run(self.realtime.clone(), request));
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let run = subscription::run(self.realtime.clone(), request);
+        self.realtime.tracker.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = run => {}
+            }
+        });
         self.subscriptions
-            .insert(project, Subscription { role: None, task });
+            .insert(project, Subscription { role: None, cancel });
         metrics::gauge!("tandem_ws_subscriptions").increment(1.0);
         Ok(())
     }
@@ -576,7 +584,7 @@ impl Connection {
         let Some(subscription) = self.subscriptions.remove(&project) else {
             return false;
         };
-        subscription.task.abort();
+        subscription.cancel.cancel();
         self.realtime.hub.remove(project, self.id);
         self.realtime
             .leave_presence(project, self.token.user.0, self.id)

@@ -70,7 +70,7 @@ pub async fn upgrade(
     Ok(upgrade
         // Small buffers: an idle connection should cost kilobytes. They
         // grow as a large message needs.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(8 * 1024)
         .max_message_size(limit)
         .max_frame_size(limit)
