@@ -758,3 +758,17 @@ async fn a_silent_client_is_pinged_then_closed_as_idle() {
     ws.send(&json!({"op": "ping"})).await.unwrap();
     assert_eq!(ws.recv().await.unwrap().frame()["op"], "pong");
 }
+
+#[tokio::test]
+async fn a_project_is_subscribable_the_moment_it_is_created() {
+    // The hub may lag the log: membership must be judged as of the log,
+    // or a brand-new project's owner would be refused.
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let mut ws = connect(&app, &owner).await;
+    for _ in 0..10 {
+        let project = app.create_project(&owner).await;
+        let subscribed = subscribe(&mut ws, project, None).await;
+        assert_eq!(subscribed["project_id"], project.to_string());
+    }
+}

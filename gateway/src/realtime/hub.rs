@@ -146,23 +146,28 @@ struct Entry {
     outbox: Outbox,
     /// Events at or below this are not for this subscription.
     floor: i64,
+    /// Membership was decided as of this position: membership events up
+    /// to it are history, not news for the subscription.
+    authorized_at: i64,
     held: Option<Held>,
 }
 
 #[derive(Default)]
 struct Held {
-    buffer: Vec<Out>,
+    /// What arrived while held, with the position it came at (0 for
+    /// ephemeral frames).
+    buffer: Vec<(i64, Out)>,
     overflowed: bool,
 }
 
 impl Entry {
-    fn deliver(&mut self, out: Out, hold_limit: usize) {
+    fn deliver(&mut self, position: i64, out: Out, hold_limit: usize) {
         match &mut self.held {
             None => {
                 self.outbox.offer(out);
             }
             Some(held) if held.overflowed => {}
-            Some(held) if held.buffer.len() < hold_limit => held.buffer.push(out),
+            Some(held) if held.buffer.len() < hold_limit => held.buffer.push((position, out)),
             Some(held) => {
                 held.overflowed = true;
                 held.buffer = Vec::new();
@@ -251,10 +256,32 @@ impl Hub {
                 user,
                 outbox,
                 floor: since.unwrap_or(start).max(start),
+                authorized_at: start,
                 held: Some(Held::default()),
             },
         );
         Ok(start)
+    }
+
+    /// Records that membership was checked as of `position` (at or after
+    /// the hold's start): membership events up to it, buffered or still to
+    /// come, no longer act on the subscription.
+    pub fn authorized(&self, project: Uuid, conn: ConnId, position: i64) {
+        let mut inner = self.lock();
+        let Some(entry) = inner
+            .projects
+            .get_mut(&project)
+            .and_then(|s| s.get_mut(&conn))
+        else {
+            return;
+        };
+        entry.authorized_at = entry.authorized_at.max(position);
+        if let Some(held) = &mut entry.held {
+            held.buffer.retain(|(at, out)| {
+                let control = matches!(out, Out::Role { .. } | Out::Ended { .. });
+                !(control && *at <= position)
+            });
+        }
     }
 
     /// Ends a held subscription's catch-up (see the module docs).
@@ -275,7 +302,7 @@ impl Hub {
             entry.held = Some(Held::default());
             return Release::Behind(position);
         }
-        for out in held.buffer {
+        for (_, out) in held.buffer {
             entry.outbox.offer(out);
         }
         Release::Live
@@ -308,18 +335,20 @@ impl Hub {
                     if event.position <= entry.floor {
                         continue;
                     }
-                    entry.deliver(Out::Frame(frame.clone()), self.hold_limit);
-                    match event.control {
+                    let position = event.position;
+                    entry.deliver(position, Out::Frame(frame.clone()), self.hold_limit);
+                    let control = event.control.filter(|_| position > entry.authorized_at);
+                    match control {
                         Some(Control::Removed(user)) if user == entry.user => {
                             let frame = super::protocol::error(
                                 super::protocol::code::FORBIDDEN,
                                 "you are no longer a member of this project",
                                 Some(project),
                             );
-                            entry.deliver(Out::Ended { project, frame }, self.hold_limit);
+                            entry.deliver(position, Out::Ended { project, frame }, self.hold_limit);
                         }
                         Some(Control::Role(user, role)) if user == entry.user => {
-                            entry.deliver(Out::Role { project, role }, self.hold_limit);
+                            entry.deliver(position, Out::Role { project, role }, self.hold_limit);
                         }
                         _ => {}
                     }
@@ -349,7 +378,7 @@ impl Hub {
             if Some(*conn) == except || (entry.held.is_some() && held == Ephemeral::DropWhileHeld) {
                 continue;
             }
-            entry.deliver(Out::Frame(frame.clone()), self.hold_limit);
+            entry.deliver(0, Out::Frame(frame.clone()), self.hold_limit);
         }
     }
 
@@ -418,6 +447,33 @@ mod tests {
         hub.dispatch(event(6, project));
         assert!(matches!(hub.release(project, 1), Release::Live));
         assert_eq!(drain(&mut rx), ["6"]);
+    }
+
+    #[test]
+    fn membership_events_before_the_authorization_do_not_end_it() {
+        let hub = Hub::new(0, 100);
+        let project = Uuid::now_v7();
+        let user = Uuid::now_v7();
+        let (outbox, mut rx, _) = Outbox::new(10);
+        hub.hold(project, 1, user, outbox, None).unwrap();
+        let mut removal = event(1, project);
+        removal.control = Some(Control::Removed(user));
+        hub.dispatch(removal);
+        // Re-invited at 2, and authorized as of 2: the removal is history.
+        hub.dispatch(event(2, project));
+        hub.authorized(project, 1, 2);
+        assert!(matches!(hub.release(project, 1), Release::Live));
+        let mut later = event(3, project);
+        later.control = Some(Control::Removed(user));
+        hub.dispatch(later);
+        let ends: Vec<bool> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|o| matches!(o, Out::Ended { .. }))
+            .collect();
+        assert_eq!(
+            ends,
+            [false, false, false, true],
+            "three frames, then the end"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One `subscribe`, from request to live: hold a place in the hub at its
-//! position `H`, authorize against the membership read model as of `H`,
+//! position `H`, authorize against the membership read model as of the
+//! log's head `A ≥ H` (membership events up to `A` are then history),
 //! join presence, send `subscribed`, copy `(since, H]` from the log, then
 //! release into live delivery (reading the log further if the hold
 //! overflowed meanwhile). Runs as its own task so a long catch-up never
@@ -56,7 +57,17 @@ pub async fn run(realtime: Realtime, request: Request) {
         )));
         return;
     };
-    let role = match role_at(&realtime, project, user, start).await {
+    // Membership as of the log's head, not only `start`: the hub may lag the
+    // log, and a member who just joined must not be refused. Membership
+    // events up to that position are history for this subscription.
+    let authorized_at = match tandem_commands::log::head(&realtime.pool).await {
+        Ok(head) => head.max(start),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the log head");
+            start
+        }
+    };
+    let role = match role_at(&realtime, project, user, authorized_at).await {
         Ok(role) => role,
         Err(refusal) => {
             realtime.hub.remove(project, connection);
@@ -74,6 +85,7 @@ pub async fn run(realtime: Realtime, request: Request) {
             return;
         }
     };
+    realtime.hub.authorized(project, connection, authorized_at);
     if !outbox.send_paced(Out::Role { project, role }).await {
         return;
     }
@@ -90,7 +102,7 @@ pub async fn run(realtime: Realtime, request: Request) {
         let range = Range {
             after: copied_to,
             upto,
-            authorized_at: start,
+            authorized_at,
         };
         match copy_log(&realtime, &outbox, project, user, range).await {
             Ok(true) => {}
