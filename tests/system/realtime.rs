@@ -765,9 +765,9 @@ async fn a_project_is_subscribable_the_moment_it_is_created() {
     // or a brand-new project's owner would be refused.
     let app = spawn_app().await;
     let owner = app.user().await;
-    let mut ws = connect(&app, &owner).await;
     for _ in 0..10 {
         let project = app.create_project(&owner).await;
+        let mut ws = connect(&app, &owner).await;
         let subscribed = subscribe(&mut ws, project, None).await;
         assert_eq!(subscribed["project_id"], project.to_string());
     }
