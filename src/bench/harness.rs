@@ -280,6 +280,30 @@ pub(super) async fn log_in_all(
         .await
 }
 
+/// How long setup waits for the read side to catch up.
+pub(super) const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `GET /projects?min_position=N` as `token`, retried while the read side
+/// answers 503 `not_caught_up`; the page's bytes.
+pub(super) async fn projects_at(api: &Api, token: &str, position: i64) -> anyhow::Result<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let path = format!("/projects?min_position={position}");
+        let response = api.request(Method::GET, &path, Some(token)).send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status == reqwest::StatusCode::OK {
+            return Ok(body.to_vec());
+        }
+        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || tokio::time::Instant::now() > deadline
+        {
+            bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends a command; its position (the last of its events) or the kind of
 /// failure.
 pub(super) async fn send_command(request: RequestBuilder) -> Result<i64, String> {

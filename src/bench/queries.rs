@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{tokens, Api, Roles, Running};
+use super::harness::{projects_at, tokens, Api, Roles, Running};
 use super::measure::{error_total, merge_errors, ms, print_errors, verdict, Errors, Percentiles};
 use crate::settings::Common;
 
@@ -42,8 +42,6 @@ pub struct QueriesArgs {
 
 const RATIO_GOAL_PERCENT: f64 = 70.0;
 const RATIO_GOAL_CONCURRENCY: u32 = 64;
-/// How long setup waits for the read side to apply what it wrote.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The stack's own Postgres connections: the cached path needs few.
 const POOL_SIZE: u32 = 32;
 const SETUP_PARALLELISM: usize = 8;
@@ -137,30 +135,9 @@ async fn catch_up(
     position: i64,
     per_user: u32,
 ) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
     let mut largest = 0;
     for token in tokens {
-        let page = loop {
-            let response = api
-                .request(
-                    Method::GET,
-                    &format!("/projects?min_position={position}"),
-                    Some(token),
-                )
-                .send()
-                .await?;
-            let status = response.status();
-            let body = response.bytes().await?;
-            if status == StatusCode::OK {
-                break body;
-            }
-            if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-                bail!(
-                    "GET /projects?min_position={position}: {status} {}",
-                    String::from_utf8_lossy(&body)
-                );
-            }
-        };
+        let page = projects_at(api, token, position).await?;
         let items = serde_json::from_slice::<Value>(&page)?["items"]
             .as_array()
             .map_or(0, Vec::len);

@@ -39,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::database::BenchDatabase;
-use super::harness::{log_in_all, random_hex, register_users, send_command, Api, Roles, Running};
+use super::harness::{
+    log_in_all, projects_at, random_hex, register_users, send_command, Api, Roles, Running,
+};
 use super::measure::{error_total, merge_errors, ms, print_errors, verdict, Errors, Percentiles};
 use super::ws_client::{self, Incoming, WsClient};
 use crate::settings::Common;
@@ -137,8 +139,7 @@ const WARM_CONNECTIONS: usize = 500;
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long closed connections may take to leave the gateway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long the read side may take to apply the setup.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Registrations and logins in flight during setup.
 const SETUP_PARALLELISM: usize = 8;
 
 pub(super) async fn realtime(common: &Common, args: &RealtimeArgs) -> anyhow::Result<()> {
@@ -576,24 +577,7 @@ async fn set_up(
 /// Until the read side has applied `position` (memberships are checked
 /// against it when subscribing).
 async fn wait_for_read_side(api: &Api, token: &str, position: i64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-    loop {
-        let response = api
-            .request(
-                Method::GET,
-                &format!("/projects?min_position={position}"),
-                Some(token),
-            )
-            .send()
-            .await?;
-        let status = response.status();
-        if status == StatusCode::OK {
-            return Ok(());
-        }
-        if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-            bail!("GET /projects?min_position={position}: {status}");
-        }
-    }
+    projects_at(api, token, position).await.map(drop)
 }
 
 // -- the clients ---------------------------------------------------------------
