@@ -99,6 +99,15 @@ pub(super) fn verdict(met: bool) -> &'static str {
     }
 }
 
+/// The value of metric `name` (unlabelled) in a Prometheus exposition.
+pub(super) fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .find_map(|value| value.trim().parse::<f64>().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -116,5 +125,12 @@ mod tests {
         assert!(Percentiles::of(Vec::new()).is_none());
         let one = Percentiles::of(vec![Duration::from_millis(7)]).unwrap();
         assert_eq!(one.p50, Duration::from_millis(7));
+    }
+
+    #[test]
+    fn metric_values_are_read_by_exact_name() {
+        let text = "a_total_x 9\na_total 3\n# HELP a_total\n";
+        assert_eq!(metric_value(text, "a_total"), Some(3.0));
+        assert_eq!(metric_value(text, "b_total"), None);
     }
 }

@@ -14,7 +14,9 @@ use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
 use super::harness::{projects_at, tokens, Api, Roles, Running};
-use super::measure::{error_total, merge_errors, ms, print_errors, verdict, Errors, Percentiles};
+use super::measure::{
+    error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
+};
 use crate::settings::Common;
 
 #[derive(Args, Clone, Debug)]
@@ -158,11 +160,7 @@ async fn cache_hits(api: &Api) -> anyhow::Result<Option<u64>> {
         .error_for_status()?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.strip_prefix("tandem_query_cache_hits_total "))
-        .find_map(|value| value.trim().parse::<f64>().ok())
-        .map(|v| v as u64))
+    Ok(metric_value(&text, "tandem_query_cache_hits_total").map(|v| v as u64))
 }
 
 // -- the load ------------------------------------------------------------------

@@ -42,7 +42,9 @@ use super::database::BenchDatabase;
 use super::harness::{
     log_in_all, projects_at, random_hex, register_users, send_command, Api, Roles, Running,
 };
-use super::measure::{error_total, merge_errors, ms, print_errors, verdict, Errors, Percentiles};
+use super::measure::{
+    error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
+};
 use super::ws_client::{self, Incoming, WsClient};
 use crate::settings::Common;
 
@@ -338,11 +340,7 @@ impl Gateway {
             .error_for_status()?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter_map(|line| line.strip_prefix(name))
-            .filter_map(|rest| rest.strip_prefix(' '))
-            .find_map(|value| value.trim().parse::<f64>().ok()))
+        Ok(metric_value(&text, name))
     }
 
     /// Open WebSockets, as the gateway counts them.
@@ -696,6 +694,14 @@ impl<T: Send + 'static> Opening<T> {
             .clone()
     }
 
+    /// Once every connection is open or failed and has had time to
+    /// settle: how many opened, and the failures.
+    async fn subscribed(&self) -> (usize, Errors) {
+        self.settled().await;
+        tokio::time::sleep(SETTLE).await;
+        (self.opened(), self.failures())
+    }
+
     /// What each task ended with (the connections that opened).
     async fn finish(self) -> Vec<T> {
         let mut out = Vec::with_capacity(self.tasks.len());
@@ -1045,10 +1051,7 @@ async fn fanout(
             )
             .await;
     }
-    opening.settled().await;
-    let subscribers = opening.opened();
-    let failures = opening.failures();
-    tokio::time::sleep(SETTLE).await;
+    let (subscribers, failures) = opening.subscribed().await;
     eprintln!(
         "bench: fan-out: {subscribers} subscribed; {} commands, one every {} ms...",
         args.fanout_events, args.fanout_interval_ms
@@ -1197,10 +1200,7 @@ async fn deliveries(
                 .await;
         }
     }
-    opening.settled().await;
-    let subscribers = opening.opened();
-    let failures = opening.failures();
-    tokio::time::sleep(SETTLE).await;
+    let (subscribers, failures) = opening.subscribed().await;
     eprintln!(
         "bench: deliveries: {subscribers} subscribed; {} HTTP clients sending commands for {}s...",
         args.http_concurrency, args.duration_secs
