@@ -2,7 +2,7 @@
 //! process; each role also runs alone so it can scale on its own.
 
 use clap::{Parser, Subcommand};
-use tandem::settings::{Common, Http, Sequencing};
+use tandem::settings::{Common, Executing, Http, JobLeases, Sequencing};
 use tandem::stack::{self, Endpoints, Stack, StackOptions};
 use tandem_commands::db::PoolConfig;
 use tandem_commands::relay::RelayConfig;
@@ -37,11 +37,22 @@ enum Command {
         http: Http,
         #[command(flatten)]
         sequencing: Sequencing,
+        #[command(flatten)]
+        executing: Executing,
+        #[command(flatten)]
+        leases: JobLeases,
     },
-    /// Run the HTTP gateway only.
+    /// Run the HTTP gateway (with its write side and job desk) only.
     Gateway {
         #[command(flatten)]
         http: Http,
+        #[command(flatten)]
+        leases: JobLeases,
+    },
+    /// Run jobs only: needs NATS, never the database.
+    Executor {
+        #[command(flatten)]
+        executing: Executing,
     },
     /// Run the sequencer only (one leads; extra instances stand by).
     Sequencer {
@@ -81,20 +92,23 @@ fn endpoints(common: &Common) -> Endpoints {
     }
 }
 
-/// `all_roles`: also sequence, relay and project (`tandem up`).
+/// `all_roles`: also sequence, relay, project and run jobs (`tandem up`).
 async fn run_gateway(
     common: &Common,
     http: &Http,
-    all_roles: Option<&Sequencing>,
+    leases: &JobLeases,
+    all_roles: Option<(&Sequencing, &Executing)>,
 ) -> anyhow::Result<()> {
     let connections = stack::connect(&endpoints(common)).await?;
     let listener = TcpListener::bind(http.http_addr).await?;
     let options = StackOptions {
         gateway: http.gateway_config(common)?,
         write: http.write_config(),
-        sequencer: all_roles.map(Sequencing::config),
+        sequencer: all_roles.map(|(s, _)| s.config()),
         relay: all_roles.map(|_| RelayConfig::default()),
         projections: all_roles.map(|_| ConsumerConfig::default()),
+        job_desk: Some(leases.config()),
+        executor: all_roles.map(|(_, e)| e.config()).transpose()?,
     };
     let running = Stack::start(connections, listener, options).await?;
     stack::termination().await;
@@ -102,17 +116,43 @@ async fn run_gateway(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The sandbox launcher must start single-threaded (a new user namespace
+    // refuses a multi-threaded caller): before clap, logs or tokio.
+    if std::env::args_os().nth(1).as_deref() == Some(tandem_executor::sandbox::LAUNCHER_ARG.as_ref()) {
+        tandem_executor::sandbox::launcher_main();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tandem_gateway::telemetry::init_logs(&cli.common.log_format);
     let common = &cli.common;
     match &cli.command {
-        Command::Up { http, sequencing } => {
+        Command::Up {
+            http,
+            sequencing,
+            executing,
+            leases,
+        } => {
             stack::migrate(&common.database_url).await?;
-            run_gateway(common, http, Some(sequencing)).await
+            run_gateway(common, http, leases, Some((sequencing, executing))).await
         }
-        Command::Gateway { http } => run_gateway(common, http, None).await,
+        Command::Gateway { http, leases } => run_gateway(common, http, leases, None).await,
+        Command::Executor { executing } => {
+            let nats = stack::connect_nats(&common.nats_url).await?;
+            let names = BusNames::new(&common.namespace)?;
+            let shutdown = CancellationToken::new();
+            let task = stack::spawn_executor(nats, names, executing.config()?, shutdown.clone())?;
+            stack::termination().await;
+            shutdown.cancel();
+            task.await?;
+            Ok(())
+        }
         Command::Sequencer { sequencing } => {
             let pool = stack::connect_postgres(&endpoints(common)).await?;
             let shutdown = CancellationToken::new();

@@ -134,6 +134,78 @@ pub struct Http {
     pub ws_ephemeral_per_sec: u32,
 }
 
+/// Running jobs (`tandem executor`, and inside `tandem up`).
+#[derive(Args, Clone, Debug)]
+pub struct Executing {
+    /// Jobs run at once by one executor (default: the number of cores).
+    #[arg(long, env = "TANDEM_EXECUTOR_CONCURRENCY")]
+    pub executor_concurrency: Option<usize>,
+    /// Ceiling of a job's wall-time limit (a job asks for its own, 10 s by default).
+    #[arg(long, env = "TANDEM_JOB_MAX_WALL_MS", default_value_t = 60_000)]
+    pub job_max_wall_ms: u64,
+    /// CPU time a run may use.
+    #[arg(long, env = "TANDEM_JOB_MAX_CPU_MS", default_value_t = 10_000)]
+    pub job_max_cpu_ms: u64,
+    /// Memory of a run's processes together (cgroup).
+    #[arg(long, env = "TANDEM_JOB_MAX_MEMORY_MB", default_value_t = 256)]
+    pub job_max_memory_mb: u64,
+    /// Processes (and threads) a run may have at once.
+    #[arg(long, env = "TANDEM_JOB_MAX_PROCESSES", default_value_t = 64)]
+    pub job_max_processes: u32,
+    /// Output kept per stream (stdout, stderr); beyond it the result says `truncated`.
+    #[arg(long, env = "TANDEM_JOB_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
+    pub job_max_output_bytes: u64,
+    /// Size of a run's working directory.
+    #[arg(long, env = "TANDEM_JOB_MAX_WORKDIR_MB", default_value_t = 16)]
+    pub job_max_workdir_mb: u64,
+    /// How often an executor declares its running attempts alive.
+    #[arg(long, env = "TANDEM_EXECUTOR_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub executor_heartbeat_ms: u64,
+}
+
+impl Executing {
+    /// The executor of this process, launching sandboxes with this binary.
+    pub fn config(&self) -> anyhow::Result<tandem_executor::ExecutorConfig> {
+        let exe = std::env::current_exe().context("locating the tandem binary (the sandbox launcher)")?;
+        let concurrency = self
+            .executor_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+        let ceiling = tandem_executor::sandbox::Limits {
+            wall_ms: self.job_max_wall_ms.max(100),
+            cpu_ms: self.job_max_cpu_ms.max(100),
+            memory_bytes: self.job_max_memory_mb.max(16) << 20,
+            processes: self.job_max_processes.max(1),
+            output_bytes: self.job_max_output_bytes,
+            workdir_bytes: self.job_max_workdir_mb.max(1) << 20,
+        };
+        let sandbox = tandem_executor::sandbox::SandboxConfig {
+            launcher: vec![exe.into_os_string(), tandem_executor::sandbox::LAUNCHER_ARG.into()],
+            max_concurrent: concurrency,
+            ceiling,
+        };
+        let mut config = tandem_executor::ExecutorConfig::new(sandbox);
+        config.heartbeat_interval = Duration::from_millis(self.executor_heartbeat_ms.max(10));
+        Ok(config)
+    }
+}
+
+/// How long a running attempt's worker may stay silent (the write side's lease).
+#[derive(Args, Clone, Debug)]
+pub struct JobLeases {
+    #[arg(long, env = "TANDEM_JOB_LEASE_MS", default_value_t = 30_000)]
+    pub job_lease_ms: u64,
+}
+
+impl JobLeases {
+    pub fn config(&self) -> tandem_commands::jobs::JobDeskConfig {
+        tandem_commands::jobs::JobDeskConfig {
+            lease_ttl: Duration::from_millis(self.job_lease_ms.max(100)),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct Sequencing {
     /// Fallback poll when no NOTIFY arrives.

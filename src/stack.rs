@@ -1,5 +1,6 @@
 //! Running Tandem: connections to the backing services, and a [`Stack`]
-//! of roles (sequencer, relay, projections, gateway with its realtime hub) in one process that stops cleanly.
+//! of roles (sequencer, relay, projections, job desk, executor, gateway with
+//! its realtime hub) in one process that stops cleanly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,9 +9,11 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tandem_commands::db::{self, PoolConfig};
 use tandem_commands::relay::{Relay, RelayConfig};
+use tandem_commands::jobs::{JobDesk, JobDeskConfig};
 use tandem_commands::sequencer::{Sequencer, SequencerConfig};
 use tandem_commands::{WriteSide, WriteSideConfig};
 use tandem_domain::envelope::BusNames;
+use tandem_executor::{Executor, ExecutorConfig};
 use tandem_gateway::auth::jwt::JwtKeys;
 use tandem_gateway::read::{QueryCache, ReadSide};
 use tandem_gateway::realtime::{Realtime, RealtimeParts};
@@ -74,15 +77,19 @@ pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Connections> {
         .get_connection_manager_with_config(redis_config)
         .await
         .context("connecting to Redis")?;
-    // NATS may come up after us: keep retrying in the background, and let
-    // /readyz say so meanwhile.
-    let nats = async_nats::ConnectOptions::new()
+    let nats = connect_nats(&endpoints.nats_url).await?;
+    Ok(Connections { pool, redis, nats })
+}
+
+/// NATS may come up after us: keep retrying in the background, and let
+/// /readyz say so meanwhile.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
         .name("tandem")
         .retry_on_initial_connect()
-        .connect(endpoints.nats_url.as_str())
+        .connect(url)
         .await
-        .context("connecting to NATS")?;
-    Ok(Connections { pool, redis, nats })
+        .context("connecting to NATS")
 }
 
 /// What a stack runs.
@@ -95,6 +102,11 @@ pub struct StackOptions {
     pub relay: Option<RelayConfig>,
     /// `None`: other processes run the projections.
     pub projections: Option<ConsumerConfig>,
+    /// The job desk (executors' claims and reports into commands); every
+    /// process with the write side may run one.
+    pub job_desk: Option<JobDeskConfig>,
+    /// `None`: jobs run in `tandem executor` processes.
+    pub executor: Option<ExecutorConfig>,
 }
 
 pub struct Stack {
@@ -136,6 +148,27 @@ impl Stack {
         }
         if let Some(config) = options.projections {
             tasks.extend(spawn_projections(&connections, &names, &config, &shutdown));
+        }
+        if let Some(config) = options.job_desk {
+            let desk = JobDesk::new(
+                write.bus.clone(),
+                pool.clone(),
+                connections.nats.clone(),
+                names.clone(),
+                config,
+            );
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                desk.run(async move { stop.cancelled().await }).await
+            }));
+        }
+        if let Some(config) = options.executor {
+            tasks.push(spawn_executor(
+                connections.nats.clone(),
+                names.clone(),
+                config,
+                shutdown.clone(),
+            )?);
         }
         let positions = ReadPositions::spawn(pool.clone(), projection_names())
             .await
@@ -221,6 +254,19 @@ pub fn spawn_sequencer(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     run_sequencer(Sequencer::new(pool, config), shutdown)
+}
+
+/// An executor: needs NATS only (no database credentials).
+pub fn spawn_executor(
+    nats: async_nats::Client,
+    names: BusNames,
+    config: ExecutorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let executor = Executor::new(nats, names, config).context("setting up the job sandbox")?;
+    Ok(tokio::spawn(async move {
+        executor.run(async move { shutdown.cancelled().await }).await
+    }))
 }
 
 /// The Postgres projections the read side is made of.

@@ -14,6 +14,8 @@
 //! - [`accounts`], [`passwords`], [`sessions`]: registration with race-free
 //!   email uniqueness, Argon2id off the async runtime, refresh-token families.
 //! - [`idempotency`]: stored answers for `Idempotency-Key` retries.
+//! - [`jobs`]: the job desk: executors' claims, heartbeats and reports
+//!   become job commands; work items for the relay; lost workers reaped.
 //! - [`log`]: reading the sequenced log in position order.
 //! - [`relay`]: publishes the sequenced log to JetStream, each event once,
 //!   in order, and refills the stream when it lost its tail.
@@ -24,6 +26,7 @@ pub mod db;
 pub mod directory;
 pub mod group_commit;
 pub mod idempotency;
+pub mod jobs;
 pub mod log;
 pub mod passwords;
 pub mod positions;

@@ -19,6 +19,12 @@
 //!
 //! One relay leads (a session advisory lock); others stand by. It wakes on
 //! the sequencer's `NOTIFY tandem_sequenced` and polls as a fallback.
+//!
+//! Job events that make a job runnable also become work items on the jobs
+//! work-queue stream ([`crate::jobs::dispatch`]), in the same round and
+//! under the same checkpoint: a round whose work item was not acknowledged
+//! is published again, and de-duplication (`Nats-Msg-Id` = `work-<position>`)
+//! absorbs what had arrived.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -30,6 +36,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
 
+use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
 use crate::positions::SEQUENCED_CHANNEL;
 
@@ -173,6 +180,12 @@ impl Relay {
 
     /// The events stream's last sequence, creating the stream if missing.
     async fn stream_last_sequence(&self) -> Result<u64, BoxError> {
+        self.js
+            .get_or_create_stream(dispatch::jobs_stream_config(
+                &self.names,
+                self.config.duplicate_window,
+            ))
+            .await?;
         let mut stream = self.js.get_or_create_stream(self.stream_config()).await?;
         Ok(stream.info().await?.state.last_sequence)
     }
@@ -223,11 +236,13 @@ impl Relay {
     async fn publish(&self, events: &[LoggedEvent]) -> (i64, Option<Interrupted>) {
         let max_payload = self.js.client().server_info().max_payload;
         let mut pending = Vec::with_capacity(events.len());
+        let mut work = Vec::new();
         let mut acked = events[0].position - 1;
         let mut interrupted = None;
         for event in events {
             let envelope = Envelope::from_log(&event.record());
             let subject = self.names.event_subject(&envelope);
+            let item = dispatch::work_item(&envelope);
             let payload = encode(envelope, max_payload);
             let message = PublishMessage::build()
                 .payload(payload.into())
@@ -238,6 +253,22 @@ impl Relay {
                 Err(e) => {
                     interrupted = Some(Interrupted::Failed(Box::new(e)));
                     break;
+                }
+            }
+            if let Some(item) = item {
+                let message = PublishMessage::build()
+                    .payload(serde_json::to_vec(&item).expect("work items serialize").into())
+                    .message_id(format!("work-{}", event.position));
+                match self
+                    .js
+                    .send_publish(self.names.job_work_subject(item.job_id.0), message)
+                    .await
+                {
+                    Ok(ack) => work.push((event.position, ack)),
+                    Err(e) => {
+                        interrupted = Some(Interrupted::Failed(Box::new(e)));
+                        break;
+                    }
                 }
             }
         }
@@ -268,6 +299,15 @@ impl Relay {
                 Err(e) => {
                     interrupted.get_or_insert(Interrupted::Failed(Box::new(e)));
                 }
+            }
+        }
+        // A work item that did not make it holds the checkpoint before its
+        // event, so the next round publishes both again.
+        for (position, ack) in work {
+            if let Err(e) = ack.await {
+                tracing::warn!(position, error = %e, "a job's work item was not stored; publishing again");
+                acked = acked.min(position - 1);
+                interrupted.get_or_insert(Interrupted::Failed(Box::new(e)));
             }
         }
         metrics::counter!("tandem_relay_published_total")

@@ -159,10 +159,7 @@ impl BusNames {
 
     /// The stream holding the log: `TANDEM_EVENTS` for namespace `tandem`.
     pub fn events_stream(&self) -> String {
-        format!(
-            "{}_EVENTS",
-            self.namespace.to_ascii_uppercase().replace('-', "_")
-        )
+        format!("{}_EVENTS", self.stream_prefix())
     }
 
     /// Everything the events stream captures: `<ns>.events.>`.
@@ -191,6 +188,54 @@ impl BusNames {
     /// Ephemeral traffic of a project: `<ns>.live.<project_id>.<kind>`.
     pub fn live_subject(&self, project: Uuid, kind: &str) -> String {
         format!("{}.live.{project}.{}", self.namespace, token(kind))
+    }
+
+    /// The work-queue stream of runnable jobs: `TANDEM_JOBS`.
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.stream_prefix())
+    }
+
+    /// `<ns>.jobs.work.<job_id>`.
+    pub fn job_work_subject(&self, job: Uuid) -> String {
+        format!("{}.jobs.work.{job}", self.namespace)
+    }
+
+    pub fn job_work_wildcard(&self) -> String {
+        format!("{}.jobs.work.>", self.namespace)
+    }
+
+    /// Core request/reply: executors claim attempts here.
+    pub fn job_claim_subject(&self) -> String {
+        format!("{}.jobs.claim", self.namespace)
+    }
+
+    /// Core: executors' leases on running attempts.
+    pub fn job_heartbeat_subject(&self) -> String {
+        format!("{}.jobs.heartbeat", self.namespace)
+    }
+
+    /// The stream of executors' reports: `TANDEM_JOB_REPORTS`.
+    pub fn job_reports_stream(&self) -> String {
+        format!("{}_JOB_REPORTS", self.stream_prefix())
+    }
+
+    /// `<ns>.jobs.reports.<job_id>`.
+    pub fn job_report_subject(&self, job: Uuid) -> String {
+        format!("{}.jobs.reports.{job}", self.namespace)
+    }
+
+    pub fn job_reports_wildcard(&self) -> String {
+        format!("{}.jobs.reports.>", self.namespace)
+    }
+
+    /// Live subjects of one job event type in every project, e.g.
+    /// `<ns>.events.*.Job.JobCancelled` (executors stop what they run).
+    pub fn job_event_subject(&self, event_type: &str) -> String {
+        format!("{}.events.*.Job.{}", self.namespace, token(event_type))
+    }
+
+    fn stream_prefix(&self) -> String {
+        self.namespace.to_ascii_uppercase().replace('-', "_")
     }
 
     /// A durable consumer's name for a role (`projections-files`, ...).

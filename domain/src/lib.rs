@@ -7,6 +7,8 @@
 //! - [`envelope`]: the CloudEvents envelope of a sequenced event and the
 //!   NATS names it travels under.
 //! - [`live`]: ephemeral messages (presence, cursors, job output) on core NATS.
+//! - [`work`]: job work items, claims, heartbeats and reports between the
+//!   write side and executors.
 //! - [`roles`]: project roles and what each may do.
 //! - [`services`]: the facts an aggregate needs from outside its own stream
 //!   (another aggregate's membership, a file's content), behind a trait.
@@ -23,6 +25,7 @@ pub mod live;
 pub mod roles;
 pub mod services;
 pub mod values;
+pub mod work;
 
 pub mod file;
 pub mod job;

@@ -229,6 +229,14 @@ impl HotState {
                 "attempt": attempt,
                 "exit_code": exit_code,
             }),
+            JobEvent::JobLimitExceeded {
+                attempt,
+                limit,
+                stdout: _,
+                stderr: _,
+                duration_ms: _,
+                truncated: _,
+            } => json!({"status": "failed", "attempt": attempt, "reason": limit.as_str()}),
             JobEvent::JobAttemptFailed { .. }
             | JobEvent::JobRetryScheduled { .. }
             | JobEvent::JobRetryRequested { .. } => json!({"status": "queued"}),

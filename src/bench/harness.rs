@@ -158,6 +158,8 @@ impl Running {
             // foundation's goal measures it.
             relay: read_side.then(RelayConfig::default),
             projections: read_side.then(ConsumerConfig::default),
+            job_desk: None,
+            executor: None,
         };
         let stack = Stack::start(connections, listener, options).await?;
         let api = Api::new(stack.addr, http_connections)?;
@@ -191,8 +193,10 @@ async fn remove_namespace(common: &Common, namespace: &str) -> anyhow::Result<()
     let names = BusNames::new(namespace)?;
     let nats = async_nats::connect(common.nats_url.as_str()).await?;
     let js = async_nats::jetstream::new(nats);
-    // Absent when the relay never created it: nothing to remove.
-    let _ = js.delete_stream(names.events_stream()).await;
+    // Absent when the relay never created them: nothing to remove.
+    for stream in [names.events_stream(), names.jobs_stream(), names.job_reports_stream()] {
+        let _ = js.delete_stream(stream).await;
+    }
     let mut redis = redis::Client::open(common.redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;

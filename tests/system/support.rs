@@ -13,6 +13,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tandem::stack::{self, Connections, Endpoints, Stack, StackOptions};
 use tandem_commands::db::{PoolConfig, MIGRATOR};
+use tandem_commands::jobs::JobDeskConfig;
+use tandem_executor::sandbox::{Limits, SandboxConfig};
+use tandem_executor::ExecutorConfig;
 use tandem_commands::relay::RelayConfig;
 use tandem_commands::sequencer::SequencerConfig;
 use tandem_commands::WriteSideConfig;
@@ -159,7 +162,10 @@ async fn delete_stale_streams(cutoff: u64) {
             .strip_prefix('T')
             .and_then(|rest| rest.strip_suffix("_EVENTS"))
             .is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()));
-        if legacy || (born.is_some_and(|b| b < cutoff) && name.ends_with("_EVENTS")) {
+        let ours = ["_EVENTS", "_JOBS", "_JOB_REPORTS"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix));
+        if legacy || (born.is_some_and(|b| b < cutoff) && ours) {
             let _ = js.delete_stream(&name).await;
         }
     }
@@ -225,6 +231,36 @@ pub struct Options {
     pub read_side: bool,
     /// Where this app's Redis is (a test may give it one of its own).
     pub redis_url: String,
+    /// The job desk (claims, heartbeats, reports); on by default.
+    pub job_desk: Option<JobDeskConfig>,
+    /// An executor in this process; off unless a test runs jobs.
+    pub executor: Option<ExecutorConfig>,
+}
+
+/// An executor as the `tandem` binary runs one, launching sandboxes with
+/// the binary built for these tests; quick heartbeats and redeliveries.
+pub fn test_executor(concurrency: usize) -> ExecutorConfig {
+    let sandbox = SandboxConfig {
+        launcher: vec![
+            env!("CARGO_BIN_EXE_tandem").into(),
+            tandem_executor::sandbox::LAUNCHER_ARG.into(),
+        ],
+        max_concurrent: concurrency,
+        ceiling: Limits::default(),
+    };
+    let mut config = ExecutorConfig::new(sandbox);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.ack_wait = Duration::from_secs(2);
+    config
+}
+
+/// A desk whose leases run out quickly (lost-worker tests).
+pub fn quick_leases(lease: Duration) -> JobDeskConfig {
+    JobDeskConfig {
+        lease_ttl: lease,
+        reap_interval: Duration::from_millis(100),
+        ..JobDeskConfig::default()
+    }
 }
 
 pub struct TestApp {
@@ -267,6 +303,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
         sequencer: true,
         read_side: true,
         redis_url: redis_url(),
+        job_desk: Some(JobDeskConfig::default()),
+        executor: None,
     };
     customize(&mut options);
     let db_url = fresh_database().await;
@@ -305,6 +343,8 @@ async fn start(db_url: String, namespace: String, options: Options) -> TestApp {
                 ..RelayConfig::default()
             }),
             projections: options.read_side.then(ConsumerConfig::default),
+            job_desk: options.job_desk,
+            executor: options.executor,
         },
     )
     .await
@@ -346,6 +386,8 @@ impl TestApp {
             sequencer: false,
             read_side: false,
             redis_url: redis_url(),
+            job_desk: None,
+            executor: None,
         };
         customize(&mut options);
         start(self.db_url.clone(), self.namespace.clone(), options).await

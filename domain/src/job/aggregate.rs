@@ -1,10 +1,11 @@
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::{JobCommand, JobEvent, JobSource};
+use super::{JobCommand, JobEvent, JobSource, Language};
 use crate::ids::{ProjectId, UserId};
 use crate::services::{Directory, LookupError, WriteDenied};
 use crate::ProjectScoped;
@@ -47,10 +48,32 @@ impl Phase {
     }
 }
 
+/// What to run: fixed at submission (a workspace file is copied in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub language: Language,
+    pub source: String,
+    pub stdin: String,
+    pub timeout_ms: u64,
+}
+
+/// A queued job's next attempt, as an executor may claim it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimable {
+    pub attempt: u32,
+    /// A scheduled retry must not start before this.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Job {
     project_id: Option<ProjectId>,
     phase: Option<Phase>,
+    spec: Option<JobSpec>,
+    /// Set by a scheduled retry, cleared when an attempt starts.
+    not_before: Option<DateTime<Utc>>,
+    /// The executor running the current attempt.
+    worker: Option<String>,
     max_attempts: u32,
     /// Attempts ever started; the next attempt's number is this + 1.
     attempts_started: u32,
@@ -91,10 +114,10 @@ pub enum JobError {
 }
 
 /// Backoff before attempt `n + 1` after `n` failed attempts in a round:
-/// 1 s, 2 s, 4 s, ... capped at 5 minutes.
+/// 1 s, 2 s, 4 s, ... capped at 60 s. The write side adds jitter.
 pub fn retry_delay(failed_attempts: u32) -> Duration {
     let exp = failed_attempts.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(60))
 }
 
 impl Job {
@@ -109,6 +132,31 @@ impl Job {
 
     pub fn attempts_in_round(&self) -> u32 {
         self.attempts_in_round
+    }
+
+    pub fn spec(&self) -> Option<&JobSpec> {
+        self.spec.as_ref()
+    }
+
+    /// The attempt an executor may start now or later; `None` unless queued.
+    pub fn claimable(&self) -> Option<Claimable> {
+        (self.phase? == Phase::Queued).then_some(Claimable {
+            attempt: self.attempts_started + 1,
+            not_before: self.not_before,
+        })
+    }
+
+    /// The attempt running now and the worker running it.
+    pub fn running(&self) -> Option<(u32, &str)> {
+        match self.phase? {
+            Phase::Running { attempt } => Some((attempt, self.worker.as_deref().unwrap_or(""))),
+            _ => None,
+        }
+    }
+
+    /// An attempt failed and the retry-or-dead decision is still to be made.
+    pub fn awaits_retry_decision(&self) -> bool {
+        matches!(self.phase, Some(Phase::AttemptFailed { .. }))
     }
 
     fn phase(&self) -> Result<Phase, JobError> {
@@ -259,6 +307,24 @@ impl Aggregate for Job {
                     truncated,
                 }
             }
+            JobCommand::Terminate {
+                attempt,
+                limit,
+                stdout,
+                stderr,
+                duration_ms,
+                truncated,
+            } => {
+                let attempt = self.running_attempt(attempt, "be stopped at a limit")?;
+                JobEvent::JobLimitExceeded {
+                    attempt,
+                    limit,
+                    stdout,
+                    stderr,
+                    duration_ms,
+                    truncated,
+                }
+            }
             JobCommand::FailAttempt { attempt, reason } => {
                 let attempt = self.running_attempt(attempt, "fail an attempt")?;
                 JobEvent::JobAttemptFailed { attempt, reason }
@@ -317,21 +383,29 @@ impl Aggregate for Job {
             JobEvent::JobSubmitted {
                 project_id,
                 max_attempts,
+                language,
+                source,
+                stdin,
+                timeout_ms,
                 job_id: _,
                 submitted_by: _,
-                language: _,
-                source: _,
                 workspace_id: _,
                 path: _,
                 file_version: _,
-                stdin: _,
-                timeout_ms: _,
             } => {
                 self.project_id = Some(project_id);
+                self.spec = Some(JobSpec {
+                    language,
+                    source,
+                    stdin,
+                    timeout_ms,
+                });
                 self.max_attempts = max_attempts;
                 self.phase = Some(Phase::Queued);
             }
-            JobEvent::JobAttemptStarted { attempt, worker: _ } => {
+            JobEvent::JobAttemptStarted { attempt, worker } => {
+                self.worker = Some(worker);
+                self.not_before = None;
                 self.attempts_started = attempt;
                 self.attempts_in_round += 1;
                 self.phase = Some(Phase::Running { attempt });
@@ -350,16 +424,28 @@ impl Aggregate for Job {
                     Phase::Failed
                 });
             }
+            JobEvent::JobLimitExceeded {
+                attempt: _,
+                limit: _,
+                stdout: _,
+                stderr: _,
+                duration_ms: _,
+                truncated: _,
+            } => self.phase = Some(Phase::Failed),
             JobEvent::JobAttemptFailed { attempt, reason: _ } => {
                 self.phase = Some(Phase::AttemptFailed { attempt });
             }
             JobEvent::JobRetryScheduled {
                 next_attempt: _,
-                retry_at: _,
-            } => self.phase = Some(Phase::Queued),
+                retry_at,
+            } => {
+                self.not_before = Some(retry_at);
+                self.phase = Some(Phase::Queued);
+            }
             JobEvent::JobMarkedDead { reason: _ } => self.phase = Some(Phase::Dead),
             JobEvent::JobCancelled { by: _ } => self.phase = Some(Phase::Cancelled),
             JobEvent::JobRetryRequested { by: _ } => {
+                self.not_before = None;
                 self.attempts_in_round = 0;
                 self.phase = Some(Phase::Queued);
             }

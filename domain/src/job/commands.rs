@@ -24,6 +24,27 @@ impl Language {
     }
 }
 
+/// The limit a run was stopped at. Stored as `timeout`, `cpu_limit`,
+/// `memory_limit`: also the job's `reason` in the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobLimit {
+    /// Wall time.
+    Timeout,
+    CpuLimit,
+    MemoryLimit,
+}
+
+impl JobLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobLimit::Timeout => "timeout",
+            JobLimit::CpuLimit => "cpu_limit",
+            JobLimit::MemoryLimit => "memory_limit",
+        }
+    }
+}
+
 /// Where the code to run comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobSource {
@@ -55,6 +76,16 @@ pub enum JobCommand {
     Complete {
         attempt: u32,
         exit_code: i32,
+        stdout: String,
+        stderr: String,
+        duration_ms: u64,
+        truncated: bool,
+    },
+    /// The sandbox stopped the user's code at one of its limits: a
+    /// `failed` result, not retried (the code would hit it again).
+    Terminate {
+        attempt: u32,
+        limit: JobLimit,
         stdout: String,
         stderr: String,
         duration_ms: u64,

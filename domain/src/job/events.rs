@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use super::Language;
+use super::{JobLimit, Language};
 use crate::ids::{JobId, ProjectId, UserId, WorkspaceId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,15 @@ pub enum JobEvent {
         duration_ms: u64,
         truncated: bool,
     },
+    /// The sandbox stopped the code at a limit: `failed`, not retried.
+    JobLimitExceeded {
+        attempt: u32,
+        limit: JobLimit,
+        stdout: String,
+        stderr: String,
+        duration_ms: u64,
+        truncated: bool,
+    },
     JobAttemptFailed {
         attempt: u32,
         reason: String,
@@ -61,6 +70,7 @@ impl DomainEvent for JobEvent {
             JobEvent::JobSubmitted { .. } => "JobSubmitted",
             JobEvent::JobAttemptStarted { .. } => "JobAttemptStarted",
             JobEvent::JobCompleted { .. } => "JobCompleted",
+            JobEvent::JobLimitExceeded { .. } => "JobLimitExceeded",
             JobEvent::JobAttemptFailed { .. } => "JobAttemptFailed",
             JobEvent::JobRetryScheduled { .. } => "JobRetryScheduled",
             JobEvent::JobMarkedDead { .. } => "JobMarkedDead",

@@ -5,6 +5,7 @@
 //! submit ─▶ queued ─start─▶ running ─complete─▶ succeeded | failed (exit ≠ 0)
 //!             ▲               │
 //!             │          fail attempt
+//!             │          (or limit hit ─▶ failed)
 //!             │               ▼
 //!             └─schedule── attempt failed ─mark dead─▶ dead
 //!                retry
@@ -21,6 +22,6 @@ mod aggregate;
 mod commands;
 mod events;
 
-pub use aggregate::{retry_delay, Job, JobError, JobStatus};
-pub use commands::{JobCommand, JobSource, Language};
+pub use aggregate::{retry_delay, Claimable, Job, JobError, JobSpec, JobStatus};
+pub use commands::{JobCommand, JobLimit, JobSource, Language};
 pub use events::JobEvent;

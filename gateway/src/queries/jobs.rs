@@ -36,9 +36,13 @@ const STATUSES: [&str; 6] = [
 pub struct JobResult {
     stdout: String,
     stderr: String,
-    exit_code: i32,
+    /// `null` when the sandbox stopped the run at a limit (see `reason`).
+    exit_code: Option<i32>,
     duration_ms: i64,
+    /// Output beyond the limit (1 MiB per stream by default) was dropped.
     truncated: bool,
+    /// `timeout`, `cpu_limit` or `memory_limit` when a limit ended the run.
+    reason: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -102,13 +106,15 @@ pub struct JobView {
 
 impl JobView {
     fn new(j: JobRow, detail: Option<Vec<AttemptRow>>) -> Self {
-        let result = match (&detail, j.exit_code) {
-            (Some(_), Some(exit_code)) => Some(JobResult {
+        // A run that ended (exit status or limit) has a duration.
+        let result = match (&detail, j.duration_ms) {
+            (Some(_), Some(duration_ms)) => Some(JobResult {
                 stdout: j.stdout.unwrap_or_default(),
                 stderr: j.stderr.unwrap_or_default(),
-                exit_code,
-                duration_ms: j.duration_ms.unwrap_or(0),
+                exit_code: j.exit_code,
+                duration_ms,
                 truncated: j.truncated.unwrap_or(false),
+                reason: j.exit_code.is_none().then(|| j.reason.clone()).flatten(),
             }),
             _ => None,
         };

@@ -1,6 +1,6 @@
 //! `POST /projects/{id}/jobs`, `POST /jobs/{id}/cancel`, `POST
-//! /jobs/{id}/retry`. Running the job is the executor's business (a later
-//! issue); here a job is accepted into the log as `queued`.
+//! /jobs/{id}/retry`. A job is accepted into the log as `queued`; running
+//! it is the executor's business (the relay hands it to the work queue).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,7 +22,9 @@ use crate::state::AppState;
 
 pub const MAX_SOURCE_BYTES: usize = 256 * 1024;
 pub const MAX_STDIN_BYTES: usize = 64 * 1024;
-pub const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=300_000;
+/// The wall-time limit a job may ask for; executors also cap it at their
+/// configured ceiling.
+pub const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 pub const ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=10;
 pub const DEFAULT_ATTEMPTS: u32 = 3;
@@ -45,7 +47,7 @@ pub struct SubmitJobRequest {
     workspace_id: Option<Uuid>,
     path: Option<String>,
     stdin: Option<String>,
-    /// 100 to 300000; default 10000.
+    /// Wall-time limit, 100 to 60000; default 10000.
     timeout_ms: Option<u64>,
     /// 1 to 10; default 3.
     max_attempts: Option<u32>,
@@ -97,7 +99,7 @@ fn parse_submission(body: SubmitJobRequest) -> Result<SubmitParts, ApiError> {
     }
     let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if !TIMEOUT_MS.contains(&timeout_ms) {
-        f.fail("timeout_ms", "must be between 100 and 300000");
+        f.fail("timeout_ms", "must be between 100 and 60000");
     }
     let max_attempts = body.max_attempts.unwrap_or(DEFAULT_ATTEMPTS);
     if !ATTEMPTS.contains(&max_attempts) {

@@ -156,6 +156,38 @@ impl Projector for Jobs {
                     ],
                 );
             }
+            JobEvent::JobLimitExceeded {
+                attempt,
+                limit,
+                stdout,
+                stderr,
+                duration_ms,
+                truncated,
+            } => {
+                let duration = i64::try_from(duration_ms).unwrap_or(i64::MAX);
+                let reason = limit.as_str();
+                let changes = changes_with(vec![
+                    ("status", to("failed")),
+                    ("exit_code", to(Lit::Null("bigint"))),
+                    ("stdout", to(stdout)),
+                    ("stderr", to(stderr)),
+                    ("duration_ms", to(duration)),
+                    ("truncated", to(truncated)),
+                    ("reason", to(reason)),
+                    ("finished_at", to(at.clone())),
+                ]);
+                rows.update("jobs", key(), changes);
+                rows.update(
+                    "job_attempts",
+                    attempt_key(job, attempt),
+                    vec![
+                        ("status", to("failed")),
+                        ("reason", to(reason)),
+                        ("duration_ms", to(duration)),
+                        ("finished_at", to(at)),
+                    ],
+                );
+            }
             JobEvent::JobAttemptFailed { attempt, reason } => {
                 let changes = changes_with(vec![("status", to("queued")), ("reason", to(&reason))]);
                 rows.update("jobs", key(), changes);

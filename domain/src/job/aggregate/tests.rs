@@ -6,7 +6,7 @@ use cqrs_es::test::TestFramework;
 
 use super::*;
 use crate::ids::{JobId, WorkspaceId};
-use crate::job::Language;
+use crate::job::{JobLimit, Language};
 use crate::roles::Role;
 use crate::testing::FixedDirectory;
 use crate::values::FilePath;
@@ -472,5 +472,117 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(retry_delay(1), Duration::from_secs(1));
     assert_eq!(retry_delay(2), Duration::from_secs(2));
     assert_eq!(retry_delay(4), Duration::from_secs(8));
-    assert_eq!(retry_delay(40), Duration::from_secs(300));
+    assert_eq!(retry_delay(6), Duration::from_secs(32));
+    assert_eq!(retry_delay(7), Duration::from_secs(60));
+    assert_eq!(retry_delay(40), Duration::from_secs(60));
+}
+
+fn limit_exceeded(attempt: u32, limit: JobLimit) -> JobEvent {
+    JobEvent::JobLimitExceeded {
+        attempt,
+        limit,
+        stdout: "partial".into(),
+        stderr: String::new(),
+        duration_ms: 10_000,
+        truncated: false,
+    }
+}
+
+fn terminate(attempt: u32, limit: JobLimit) -> JobCommand {
+    JobCommand::Terminate {
+        attempt,
+        limit,
+        stdout: "partial".into(),
+        stderr: String::new(),
+        duration_ms: 10_000,
+        truncated: false,
+    }
+}
+
+#[test]
+fn a_running_job_stopped_at_a_limit_has_failed_for_good() {
+    let s = Scene::new();
+    for limit in [JobLimit::Timeout, JobLimit::CpuLimit, JobLimit::MemoryLimit] {
+        s.test()
+            .given(s.running())
+            .when(terminate(1, limit))
+            .then_expect_events(vec![limit_exceeded(1, limit)]);
+    }
+    let mut job = Job::default();
+    for event in s.running() {
+        job.apply(event);
+    }
+    job.apply(limit_exceeded(1, JobLimit::Timeout));
+    assert_eq!(job.status(), Some(JobStatus::Failed));
+    assert_eq!(job.claimable(), None, "not retried");
+    assert_eq!(JobLimit::Timeout.as_str(), "timeout");
+}
+
+#[test]
+fn a_limit_report_is_refused_unless_its_attempt_runs() {
+    let s = Scene::new();
+    s.test()
+        .given(s.queued())
+        .when(terminate(1, JobLimit::Timeout))
+        .then_expect_error(invalid(JobStatus::Queued, "be stopped at a limit"));
+    s.test()
+        .given(s.running())
+        .when(terminate(2, JobLimit::Timeout))
+        .then_expect_error(JobError::StaleAttempt {
+            current: Some(1),
+            got: 2,
+        });
+    s.test()
+        .given(s.cancelled())
+        .when(terminate(1, JobLimit::MemoryLimit))
+        .then_expect_error(invalid(JobStatus::Cancelled, "be stopped at a limit"));
+}
+
+fn state(events: Vec<JobEvent>) -> Job {
+    let mut job = Job::default();
+    for event in events {
+        job.apply(event);
+    }
+    job
+}
+
+#[test]
+fn the_next_claimable_attempt_follows_the_state_machine() {
+    let s = Scene::new();
+    let queued = state(s.queued());
+    assert_eq!(
+        queued.claimable(),
+        Some(Claimable {
+            attempt: 1,
+            not_before: None
+        })
+    );
+    assert_eq!(queued.spec().map(|spec| spec.source.as_str()), Some("print(1)"));
+    let running = state(s.running());
+    assert_eq!(running.claimable(), None);
+    assert_eq!(running.running(), Some((1, "w1")));
+    let failed = state(s.attempt_failed());
+    assert!(failed.awaits_retry_decision());
+    assert_eq!(failed.claimable(), None, "the decision comes first");
+    let mut retrying = s.attempt_failed();
+    retrying.push(retry_scheduled(2));
+    assert_eq!(
+        state(retrying).claimable(),
+        Some(Claimable {
+            attempt: 2,
+            not_before: Some(at())
+        })
+    );
+    let mut requested = s.dead();
+    requested.push(JobEvent::JobRetryRequested { by: s.writer });
+    assert_eq!(
+        state(requested).claimable(),
+        Some(Claimable {
+            attempt: 3,
+            not_before: None
+        }),
+        "a retry on request starts at once, with the next attempt number"
+    );
+    assert_eq!(state(s.finished(0)).claimable(), None);
+    assert_eq!(state(s.cancelled()).claimable(), None);
 }
