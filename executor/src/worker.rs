@@ -27,7 +27,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tandem_domain::envelope::{BusNames, Envelope};
-use tandem_domain::job::JobLimit;
+use tandem_domain::job::{JobEvent, JobLimit};
 use tandem_domain::live::{self, JobOutputChunk, OutputStream};
 use tandem_domain::work::{
     Assignment, ClaimRequest, ClaimVerdict, Heartbeat, Report, RunOutput, RunningAttempt,
@@ -390,16 +390,12 @@ impl Inner {
             let Some(run) = self.running.lock().expect("running lock").get(&job).cloned() else {
                 continue;
             };
-            let failed_attempt = envelope
-                .data
-                .as_ref()
-                .and_then(|d| d.get("JobAttemptFailed"))
-                .and_then(|f| f.get("attempt"))
-                .and_then(serde_json::Value::as_u64);
-            let reason = match envelope.event_type.as_str() {
-                "JobCancelled" => "cancelled",
-                "JobMarkedDead" => "job_dead",
-                _ if failed_attempt == Some(u64::from(run.attempt)) => "attempt_failed_elsewhere",
+            let reason = match envelope.decode::<JobEvent>() {
+                Ok(JobEvent::JobCancelled { .. }) => "cancelled",
+                Ok(JobEvent::JobMarkedDead { .. }) => "job_dead",
+                Ok(JobEvent::JobAttemptFailed { attempt, .. }) if attempt == run.attempt => {
+                    "attempt_failed_elsewhere"
+                }
                 _ => continue,
             };
             tracing::info!(job_id = %job, attempt = run.attempt, reason, "stopping a running attempt");

@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod convergence;
 mod errors;
+mod jobs;
 mod log;
 mod outages;
 mod pipeline;
