@@ -43,6 +43,9 @@ use crate::positions::SEQUENCED_CHANNEL;
 /// Advisory-lock key of the relay leader ("tandem" + 2).
 pub const RELAY_LOCK_KEY: i64 = 0x7461_6e64_656d_0002;
 
+/// How often an idle relay makes sure the jobs queue still exists.
+const JOBS_STREAM_CHECK: Duration = Duration::from_secs(5);
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// Events read and published per round (acks are awaited per round).
@@ -148,7 +151,7 @@ impl Relay {
         // publish (past the window) is the stream's own state trusted.
         let mut refused = false;
         loop {
-            let stream_last = self.stream_last_sequence().await? as i64;
+            let stream_last = self.stream_last_sequence(&mut conn).await? as i64;
             let stream = self.names.events_stream();
             let mut checkpoint = load_checkpoint(&mut conn, &stream).await?;
             if stream_last < checkpoint {
@@ -179,15 +182,37 @@ impl Relay {
     }
 
     /// The events stream's last sequence, creating the stream if missing.
-    async fn stream_last_sequence(&self) -> Result<u64, BoxError> {
-        self.js
-            .get_or_create_stream(dispatch::jobs_stream_config(
-                &self.names,
-                self.config.duplicate_window,
-            ))
-            .await?;
+    async fn stream_last_sequence(&self, conn: &mut PgConnection) -> Result<u64, BoxError> {
+        self.ensure_jobs_stream(conn).await?;
         let mut stream = self.js.get_or_create_stream(self.stream_config()).await?;
         Ok(stream.info().await?.state.last_sequence)
+    }
+
+    /// The jobs work queue, created when missing; a new one is filled with
+    /// every job the log says is waiting (its items were lost with the old).
+    async fn ensure_jobs_stream(&self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(self.names.jobs_stream()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let config = dispatch::jobs_stream_config(&self.names, self.config.duplicate_window);
+        self.js.get_or_create_stream(config).await?;
+        let waiting = dispatch::waiting_jobs(&mut *conn).await?;
+        if !waiting.is_empty() {
+            tracing::warn!(jobs = waiting.len(), "the jobs queue was missing; queueing waiting jobs again from the log");
+        }
+        for item in waiting {
+            let message = PublishMessage::build()
+                .payload(serde_json::to_vec(&item).expect("work items serialize").into())
+                .message_id(format!("work-{}", item.position));
+            self.js
+                .send_publish(self.names.job_work_subject(item.job_id.0), message)
+                .await?
+                .await?;
+        }
+        Ok(())
     }
 
     /// Publishes everything after `checkpoint`, then waits for more, until
@@ -199,6 +224,7 @@ impl Relay {
         mut checkpoint: i64,
     ) -> Interrupted {
         let stream = self.names.events_stream();
+        let mut jobs_checked = tokio::time::Instant::now();
         loop {
             let events = match log::read_after(&mut *conn, checkpoint, self.config.batch_size).await
             {
@@ -206,6 +232,14 @@ impl Relay {
                 Err(e) => return e.into(),
             };
             if events.is_empty() {
+                // While idle, now and then: queued jobs must not wait for
+                // the next job event to find their lost queue refilled.
+                if jobs_checked.elapsed() >= JOBS_STREAM_CHECK {
+                    jobs_checked = tokio::time::Instant::now();
+                    if let Err(e) = self.ensure_jobs_stream(conn).await {
+                        return Interrupted::Failed(e);
+                    }
+                }
                 tokio::select! {
                     n = listener.recv() => {
                         if let Err(e) = n {

@@ -593,3 +593,35 @@ async fn live_output_reaches_websocket_subscribers_of_the_project() {
     }
     assert!(seen.contains("line 0") && seen.contains("line 1"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_lost_jobs_queue_is_refilled_from_the_log() {
+    // No executor: the jobs wait in the queue, which is then deleted.
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let source = format!("echo {i}");
+        ids.push(submit(&app, &owner, project, json!({"language": "bash", "source": source})).await);
+    }
+    let names = BusNames::new(&app.namespace).unwrap();
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    eventually(WAIT, || async {
+        let mut stream = js.get_stream(names.jobs_stream()).await.ok()?;
+        (stream.info().await.ok()?.state.messages == 3).then_some(())
+    })
+    .await;
+    js.delete_stream(names.jobs_stream()).await.unwrap();
+    let stop = CancellationToken::new();
+    let executor =
+        tandem::stack::spawn_executor(nats, names.clone(), test_executor(2), stop.clone()).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let j = with_status(&app, &owner, *id, "succeeded").await;
+        assert_eq!(j["result"]["stdout"], format!("{i}\n"));
+        assert_eq!(j["attempts"].as_array().unwrap().len(), 1);
+    }
+    stop.cancel();
+    executor.await.unwrap();
+}

@@ -26,6 +26,34 @@ pub fn work_item(envelope: &Envelope) -> Option<WorkItem> {
     })
 }
 
+/// Work items for every job waiting for an executor now, from the log: a
+/// job whose latest event is one of [`RUNNABLE_AFTER`]. For a jobs stream
+/// that was lost and recreated (it is a cache of the log, not its record).
+pub async fn waiting_jobs(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WorkItem>, sqlx::Error> {
+    let rows: Vec<(i64, String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT l.position, latest.aggregate_id, latest.project_id
+           FROM (SELECT DISTINCT ON (aggregate_id) aggregate_id, event_type, global_id, project_id
+                   FROM events WHERE aggregate_type = 'Job'
+                  ORDER BY aggregate_id, sequence DESC) latest
+           JOIN event_log l ON l.global_id = latest.global_id
+          WHERE latest.event_type = ANY($1)
+          ORDER BY l.position",
+    )
+    .bind(&RUNNABLE_AFTER[..])
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(position, id, project)| {
+            Some(WorkItem {
+                job_id: JobId(id.parse().ok()?),
+                project_id: project.map(tandem_domain::ProjectId),
+                position,
+            })
+        })
+        .collect())
+}
+
 /// The work-queue stream: each item is delivered to one executor and
 /// removed once acknowledged.
 pub fn jobs_stream_config(names: &BusNames, duplicate_window: std::time::Duration) -> stream::Config {
