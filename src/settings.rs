@@ -166,7 +166,8 @@ pub struct Executing {
 impl Executing {
     /// The executor of this process, launching sandboxes with this binary.
     pub fn config(&self) -> anyhow::Result<tandem_executor::ExecutorConfig> {
-        let exe = std::env::current_exe().context("locating the tandem binary (the sandbox launcher)")?;
+        let exe =
+            std::env::current_exe().context("locating the tandem binary (the sandbox launcher)")?;
         let concurrency = self
             .executor_concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -179,15 +180,28 @@ impl Executing {
             output_bytes: self.job_max_output_bytes,
             workdir_bytes: self.job_max_workdir_mb.max(1) << 20,
         };
-        let sandbox = tandem_executor::sandbox::SandboxConfig {
-            launcher: vec![exe.into_os_string(), tandem_executor::sandbox::LAUNCHER_ARG.into()],
-            max_concurrent: concurrency,
-            ceiling,
-        };
-        let mut config = tandem_executor::ExecutorConfig::new(sandbox);
+        let mut config = executor_config(exe, concurrency, ceiling);
         config.heartbeat_interval = Duration::from_millis(self.executor_heartbeat_ms.max(10));
         Ok(config)
     }
+}
+
+/// An executor whose sandboxes are launched by `exe __sandbox` (the
+/// `tandem` binary), `concurrency` runs at once.
+pub fn executor_config(
+    exe: PathBuf,
+    concurrency: usize,
+    ceiling: tandem_executor::sandbox::Limits,
+) -> tandem_executor::ExecutorConfig {
+    let sandbox = tandem_executor::sandbox::SandboxConfig {
+        launcher: vec![
+            exe.into_os_string(),
+            tandem_executor::sandbox::LAUNCHER_ARG.into(),
+        ],
+        max_concurrent: concurrency,
+        ceiling,
+    };
+    tandem_executor::ExecutorConfig::new(sandbox)
 }
 
 /// How long a running attempt's worker may stay silent (the write side's lease).

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 use tandem_commands::db::{self, PoolConfig};
-use tandem_commands::relay::{Relay, RelayConfig};
 use tandem_commands::jobs::{JobDesk, JobDeskConfig};
+use tandem_commands::relay::{Relay, RelayConfig};
 use tandem_commands::sequencer::{Sequencer, SequencerConfig};
 use tandem_commands::{WriteSide, WriteSideConfig};
 use tandem_domain::envelope::BusNames;
@@ -265,7 +265,9 @@ pub fn spawn_executor(
 ) -> anyhow::Result<JoinHandle<()>> {
     let executor = Executor::new(nats, names, config).context("setting up the job sandbox")?;
     Ok(tokio::spawn(async move {
-        executor.run(async move { shutdown.cancelled().await }).await
+        executor
+            .run(async move { shutdown.cancelled().await })
+            .await
     }))
 }
 

@@ -201,11 +201,18 @@ impl Relay {
         self.js.get_or_create_stream(config).await?;
         let waiting = dispatch::waiting_jobs(&mut *conn).await?;
         if !waiting.is_empty() {
-            tracing::warn!(jobs = waiting.len(), "the jobs queue was missing; queueing waiting jobs again from the log");
+            tracing::warn!(
+                jobs = waiting.len(),
+                "the jobs queue was missing; queueing waiting jobs again from the log"
+            );
         }
         for item in waiting {
             let message = PublishMessage::build()
-                .payload(serde_json::to_vec(&item).expect("work items serialize").into())
+                .payload(
+                    serde_json::to_vec(&item)
+                        .expect("work items serialize")
+                        .into(),
+                )
                 .message_id(format!("work-{}", item.position));
             self.js
                 .send_publish(self.names.job_work_subject(item.job_id.0), message)
@@ -291,7 +298,11 @@ impl Relay {
             }
             if let Some(item) = item {
                 let message = PublishMessage::build()
-                    .payload(serde_json::to_vec(&item).expect("work items serialize").into())
+                    .payload(
+                        serde_json::to_vec(&item)
+                            .expect("work items serialize")
+                            .into(),
+                    )
                     .message_id(format!("work-{}", event.position));
                 match self
                     .js

@@ -160,6 +160,9 @@ mod tests {
         let verdict = ClaimVerdict::Later { after_ms: 5 };
         let wire = serde_json::to_value(&verdict).unwrap();
         assert_eq!(wire["verdict"], "later");
-        assert_eq!(serde_json::from_value::<ClaimVerdict>(wire).unwrap(), verdict);
+        assert_eq!(
+            serde_json::from_value::<ClaimVerdict>(wire).unwrap(),
+            verdict
+        );
     }
 }

@@ -82,6 +82,9 @@ mod tests {
             panic!("still a finished report")
         };
         assert!(output.truncated);
-        assert!(output.stdout.starts_with('é'), "kept the beginning, at a char boundary");
+        assert!(
+            output.stdout.starts_with('é'),
+            "kept the beginning, at a char boundary"
+        );
     }
 }

@@ -30,8 +30,7 @@ use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_domain::job::{JobEvent, JobLimit};
 use tandem_domain::live::{self, JobOutputChunk, OutputStream};
 use tandem_domain::work::{
-    Assignment, ClaimRequest, ClaimVerdict, Heartbeat, Report, RunOutput, RunningAttempt,
-    WorkItem,
+    Assignment, ClaimRequest, ClaimVerdict, Heartbeat, Report, RunOutput, RunningAttempt, WorkItem,
 };
 use tandem_domain::JobId;
 use tokio::sync::{mpsc, Semaphore};
@@ -147,7 +146,13 @@ impl Executor {
             _ = background => {}
             () = shutdown => {}
         }
-        let stopping: Vec<Running> = inner.running.lock().expect("running lock").values().cloned().collect();
+        let stopping: Vec<Running> = inner
+            .running
+            .lock()
+            .expect("running lock")
+            .values()
+            .cloned()
+            .collect();
         for run in &stopping {
             run.stop("executor_shutdown");
         }
@@ -276,7 +281,8 @@ impl Inner {
         let body = serde_json::to_vec(&request)?;
         let reply = tokio::time::timeout(
             self.config.claim_timeout,
-            self.nats.request(self.names.job_claim_subject(), body.into()),
+            self.nats
+                .request(self.names.job_claim_subject(), body.into()),
         )
         .await??;
         Ok(serde_json::from_slice(&reply.payload)?)
@@ -304,11 +310,15 @@ impl Inner {
             },
         };
         tracing::info!(job_id = %a.job_id, attempt = a.attempt, "running");
-        let outcome = self.sandbox.run(request, Some(chunks), &running.cancel).await;
+        let outcome = self
+            .sandbox
+            .run(request, Some(chunks), &running.cancel)
+            .await;
         let _ = forwarded.await;
         let stop_reason = running.reason.lock().expect("reason lock").clone();
         let report = report_for(&a, outcome, stop_reason);
-        metrics::counter!("tandem_executor_runs_total", "outcome" => outcome_label(&report)).increment(1);
+        metrics::counter!("tandem_executor_runs_total", "outcome" => outcome_label(&report))
+            .increment(1);
         self.store_report(report).await;
         self.running.lock().expect("running lock").remove(&a.job_id);
         metrics::gauge!("tandem_executor_running").decrement(1.0);
@@ -325,7 +335,9 @@ impl Inner {
         tokio::task::JoinHandle<()>,
     ) {
         let (tx, mut rx) = mpsc::channel::<(OutputStream, bytes::Bytes)>(64);
-        let subject = self.names.live_subject(a.project_id.0, live::kind::JOB_OUTPUT);
+        let subject = self
+            .names
+            .live_subject(a.project_id.0, live::kind::JOB_OUTPUT);
         let nats = self.nats.clone();
         let job_id = a.job_id.0;
         let task = tokio::spawn(async move {
@@ -377,7 +389,11 @@ impl Inner {
     async fn listen_for_stops(self: Arc<Self>) -> Result<(), BoxError> {
         let mut subs = Vec::new();
         for event in ["JobCancelled", "JobMarkedDead", "JobAttemptFailed"] {
-            subs.push(self.nats.subscribe(self.names.job_event_subject(event)).await?);
+            subs.push(
+                self.nats
+                    .subscribe(self.names.job_event_subject(event))
+                    .await?,
+            );
         }
         let mut events = futures::stream::select_all(subs);
         while let Some(message) = events.next().await {
@@ -387,7 +403,13 @@ impl Inner {
             let Ok(job) = envelope.aggregateid.parse().map(JobId) else {
                 continue;
             };
-            let Some(run) = self.running.lock().expect("running lock").get(&job).cloned() else {
+            let Some(run) = self
+                .running
+                .lock()
+                .expect("running lock")
+                .get(&job)
+                .cloned()
+            else {
                 continue;
             };
             let reason = match envelope.decode::<JobEvent>() {

@@ -96,6 +96,8 @@ pub(super) enum Roles {
     /// Also the relay (log to JetStream) and the projections (JetStream to
     /// the read models and the hot state), with their default settings.
     WithReadSide,
+    /// The read side, the job desk and an executor of this many slots.
+    WithJobs(usize),
 }
 
 /// A whole stack in this process, as `tandem up` runs it (sequencer on,
@@ -149,7 +151,15 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = bench_gateway_config();
         let namespace = gateway.namespace.clone();
-        let read_side = roles == Roles::WithReadSide;
+        let read_side = roles != Roles::CommandPath;
+        let executor = match roles {
+            Roles::WithJobs(slots) => Some(crate::settings::executor_config(
+                std::env::current_exe()?,
+                slots,
+                tandem_executor::sandbox::Limits::default(),
+            )),
+            Roles::CommandPath | Roles::WithReadSide => None,
+        };
         let options = StackOptions {
             gateway,
             write,
@@ -158,8 +168,10 @@ impl Running {
             // foundation's goal measures it.
             relay: read_side.then(RelayConfig::default),
             projections: read_side.then(ConsumerConfig::default),
-            job_desk: None,
-            executor: None,
+            job_desk: executor
+                .is_some()
+                .then(tandem_commands::jobs::JobDeskConfig::default),
+            executor,
         };
         let stack = Stack::start(connections, listener, options).await?;
         let api = Api::new(stack.addr, http_connections)?;
@@ -194,7 +206,11 @@ async fn remove_namespace(common: &Common, namespace: &str) -> anyhow::Result<()
     let nats = async_nats::connect(common.nats_url.as_str()).await?;
     let js = async_nats::jetstream::new(nats);
     // Absent when the relay never created them: nothing to remove.
-    for stream in [names.events_stream(), names.jobs_stream(), names.job_reports_stream()] {
+    for stream in [
+        names.events_stream(),
+        names.jobs_stream(),
+        names.job_reports_stream(),
+    ] {
         let _ = js.delete_stream(stream).await;
     }
     let mut redis = redis::Client::open(common.redis_url.as_str())?

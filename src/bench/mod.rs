@@ -19,6 +19,7 @@
 //! target/release/tandem bench pipeline [--rate 1000] [--duration-secs 10] [--warmup-secs 2] [--users 64]
 //! target/release/tandem bench replay [--projects 10000]
 //! target/release/tandem bench realtime [--connections 20000] [--fanout-subscribers 10000] [--duration-secs 10] [--only idle,fanout,deliveries]
+//! target/release/tandem bench jobs [--submitters 8] [--slots <cores>] [--duration-secs 10] [--latency-jobs 200]
 //! ```
 //!
 //! - `commands`: `concurrency` users alternate `POST /projects` and
@@ -69,10 +70,16 @@
 //!   per second, and each subscriber's events compared with its project's
 //!   log after its `subscribed` position. Goal: every subscriber gapless
 //!   and in order.
+//! - `jobs`: `print(1)` in python. First `slots` loops run it in the
+//!   sandbox directly (the reference); then `submitters` users each submit
+//!   it over HTTP and wait for its `JobCompleted` on the bus, with an
+//!   executor of `slots` in-process; then one job at a time, submit →
+//!   `JobCompleted`. Goals: at least 70 % of the raw rate; p50 under 100 ms.
 
 mod commands;
 mod database;
 mod harness;
+mod jobs;
 mod login_storm;
 mod measure;
 mod pgbench;
@@ -87,6 +94,7 @@ use clap::Subcommand;
 use crate::settings::Common;
 
 pub use commands::CommandsArgs;
+pub use jobs::JobsArgs;
 pub use login_storm::LoginStormArgs;
 pub use pipeline::PipelineArgs;
 pub use queries::QueriesArgs;
@@ -109,6 +117,9 @@ pub enum Which {
     /// WebSockets on a gateway process of their own: idle connections and
     /// their memory, fan-out latency to 10,000 subscribers, deliveries/s.
     Realtime(RealtimeArgs),
+    /// Jobs/s of `print(1)` through the job machinery vs the bare sandbox,
+    /// and submit → succeeded latency.
+    Jobs(JobsArgs),
 }
 
 pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
@@ -119,5 +130,6 @@ pub async fn run(common: &Common, which: &Which) -> anyhow::Result<()> {
         Which::Queries(args) => queries::queries(common, args).await,
         Which::Pipeline(args) => pipeline::pipeline(common, args).await,
         Which::Realtime(args) => realtime::realtime(common, args).await,
+        Which::Jobs(args) => jobs::jobs(common, args).await,
     }
 }

@@ -103,26 +103,43 @@ async fn code_in_each_language_runs_and_its_output_comes_back() {
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let cases = [
-        ("python", "import sys\nprint(sum(range(10)))\nprint('py', file=sys.stderr)"),
+        (
+            "python",
+            "import sys\nprint(sum(range(10)))\nprint('py', file=sys.stderr)",
+        ),
         ("javascript", "console.log(6 * 7); console.error('js')"),
         ("bash", "echo $((2 + 3)); echo sh >&2"),
     ];
     let mut ids = Vec::new();
     for (language, source) in cases {
-        ids.push(submit(&app, &owner, project, json!({"language": language, "source": source})).await);
+        ids.push(
+            submit(
+                &app,
+                &owner,
+                project,
+                json!({"language": language, "source": source}),
+            )
+            .await,
+        );
     }
     let expected = [("45\n", "py\n"), ("42\n", "js\n"), ("5\n", "sh\n")];
     for (id, (stdout, stderr)) in ids.into_iter().zip(expected) {
         let j = finished(&app, &owner, id).await;
         assert_eq!(j["status"], "succeeded", "{j}");
         assert_eq!(j["result"]["exit_code"], 0);
-        assert_eq!(j["result"]["stdout"], stdout, "stdout and stderr stay apart: {j}");
+        assert_eq!(
+            j["result"]["stdout"], stdout,
+            "stdout and stderr stay apart: {j}"
+        );
         assert_eq!(j["result"]["stderr"], stderr);
         assert_eq!(j["result"]["truncated"], false);
         assert_eq!(j["attempts"].as_array().unwrap().len(), 1);
         assert_eq!(j["attempts"][0]["status"], "succeeded");
         let events = job_events(&app, id).await;
-        assert_eq!(events, ["JobSubmitted", "JobAttemptStarted", "JobCompleted"]);
+        assert_eq!(
+            events,
+            ["JobSubmitted", "JobAttemptStarted", "JobCompleted"]
+        );
     }
 }
 
@@ -143,7 +160,11 @@ async fn stdin_reaches_the_code_and_a_nonzero_exit_is_a_failure_not_retried() {
     assert_eq!(j["status"], "failed");
     assert_eq!(j["result"]["exit_code"], 3);
     assert_eq!(j["result"]["stdout"], "HELLO\nWORLD");
-    assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "the code's answer is not retried");
+    assert_eq!(
+        j["attempts"].as_array().unwrap().len(),
+        1,
+        "the code's answer is not retried"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +185,11 @@ async fn code_running_past_its_timeout_fails_with_reason_timeout() {
     assert_eq!(j["result"]["reason"], "timeout");
     assert_eq!(j["result"]["exit_code"], Value::Null);
     assert_eq!(j["result"]["stdout"], "started\n");
-    assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "a timeout is not retried");
+    assert_eq!(
+        j["attempts"].as_array().unwrap().len(),
+        1,
+        "a timeout is not retried"
+    );
     assert_eq!(
         job_events(&app, id).await,
         ["JobSubmitted", "JobAttemptStarted", "JobLimitExceeded"]
@@ -187,7 +212,11 @@ async fn output_beyond_the_limit_is_cut_and_flagged() {
     assert_eq!(j["status"], "succeeded", "{j:.200}");
     assert_eq!(j["result"]["truncated"], true);
     let stdout = j["result"]["stdout"].as_str().unwrap();
-    assert!(stdout.len() <= 1 << 20, "at most 1 MiB kept, got {}", stdout.len());
+    assert!(
+        stdout.len() <= 1 << 20,
+        "at most 1 MiB kept, got {}",
+        stdout.len()
+    );
     assert!(stdout.len() > 64 << 10, "the beginning is kept");
     assert!(stdout.bytes().all(|b| b == b'x'));
     assert_eq!(j["result"]["stderr"], "tail\n");
@@ -259,8 +288,14 @@ async fn infrastructure_failures_are_retried_with_backoff_then_the_job_is_dead()
         }
     }
     assert_eq!(delays.len(), 2);
-    assert!((490..=1100).contains(&delays[0]), "first backoff in [0.5 s, 1 s]: {delays:?}");
-    assert!((990..=2100).contains(&delays[1]), "second backoff in [1 s, 2 s]: {delays:?}");
+    assert!(
+        (490..=1100).contains(&delays[0]),
+        "first backoff in [0.5 s, 1 s]: {delays:?}"
+    );
+    assert!(
+        (990..=2100).contains(&delays[1]),
+        "second backoff in [1 s, 2 s]: {delays:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +304,13 @@ async fn a_cancelled_queued_job_never_runs() {
     let app = spawn_app().await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    let id = submit(&app, &owner, project, json!({"language": "bash", "source": "echo ran"})).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": "echo ran"}),
+    )
+    .await;
     let r = app
         .as_user(&owner, Method::POST, &format!("/jobs/{id}/cancel"))
         .send()
@@ -279,8 +320,9 @@ async fn a_cancelled_queued_job_never_runs() {
     let names = BusNames::new(&app.namespace).unwrap();
     let stop = CancellationToken::new();
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let task = tandem::stack::spawn_executor(nats.clone(), names.clone(), test_executor(1), stop.clone())
-        .unwrap();
+    let task =
+        tandem::stack::spawn_executor(nats.clone(), names.clone(), test_executor(1), stop.clone())
+            .unwrap();
     // The executor takes the work item and lets it go without running it.
     let js = async_nats::jetstream::new(nats);
     eventually(WAIT, || async {
@@ -314,7 +356,10 @@ async fn cancelling_a_running_job_stops_its_output_and_ends_it_cancelled() {
     )
     .await;
     // Live output proves it runs.
-    let first = tokio::time::timeout(WAIT, output.next()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(WAIT, output.next())
+        .await
+        .unwrap()
+        .unwrap();
     let chunk: Value = serde_json::from_slice(&first.payload).unwrap();
     assert_eq!(chunk["job_id"], id.to_string());
     assert!(chunk["chunk"].as_str().unwrap().contains("tick"));
@@ -339,7 +384,10 @@ async fn cancelling_a_running_job_stops_its_output_and_ends_it_cancelled() {
     let silence = tokio::time::timeout(Duration::from_millis(800), output.next()).await;
     assert!(silence.is_err(), "output after the run was stopped");
     let events = job_events(&app, id).await;
-    assert_eq!(events, ["JobSubmitted", "JobAttemptStarted", "JobCancelled"]);
+    assert_eq!(
+        events,
+        ["JobSubmitted", "JobAttemptStarted", "JobCancelled"]
+    );
 }
 
 #[tokio::test]
@@ -347,7 +395,13 @@ async fn of_many_claims_on_one_attempt_exactly_one_runs() {
     let app = spawn_app().await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    let id = submit(&app, &owner, project, json!({"language": "bash", "source": "true"})).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": "true"}),
+    )
+    .await;
     let names = BusNames::new(&app.namespace).unwrap();
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let claims = (0..16).map(|i| {
@@ -376,7 +430,9 @@ async fn of_many_claims_on_one_attempt_exactly_one_runs() {
     assert_eq!(runs.len(), 1, "{verdicts:?}");
     assert_eq!(runs[0].attempt, 1);
     assert_eq!(runs[0].source, "true");
-    assert!(verdicts.iter().all(|v| !matches!(v, ClaimVerdict::Later { .. })));
+    assert!(verdicts
+        .iter()
+        .all(|v| !matches!(v, ClaimVerdict::Later { .. })));
     let events = job_events(&app, id).await;
     assert_eq!(events, ["JobSubmitted", "JobAttemptStarted"]);
     let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM job_leases WHERE job_id = $1")
@@ -393,13 +449,22 @@ async fn two_executors_share_the_queue_and_run_each_attempt_once() {
     let names = BusNames::new(&app.namespace).unwrap();
     let stop = CancellationToken::new();
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let second = tandem::stack::spawn_executor(nats, names, test_executor(2), stop.clone()).unwrap();
+    let second =
+        tandem::stack::spawn_executor(nats, names, test_executor(2), stop.clone()).unwrap();
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut ids = Vec::new();
     for i in 0..24 {
         let source = format!("echo job-{i}");
-        ids.push(submit(&app, &owner, project, json!({"language": "bash", "source": source})).await);
+        ids.push(
+            submit(
+                &app,
+                &owner,
+                project,
+                json!({"language": "bash", "source": source}),
+            )
+            .await,
+        );
     }
     let mut workers = std::collections::HashSet::new();
     for (i, id) in ids.iter().enumerate() {
@@ -424,7 +489,13 @@ async fn a_failed_job_retried_on_request_runs_again_with_the_next_attempt() {
     let app = app_running_jobs(1).await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    let id = submit(&app, &owner, project, json!({"language": "bash", "source": "echo again; exit 1"})).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": "echo again; exit 1"}),
+    )
+    .await;
     assert_eq!(finished(&app, &owner, id).await["status"], "failed");
     let r = app
         .as_user(&owner, Method::POST, &format!("/jobs/{id}/retry"))
@@ -464,7 +535,12 @@ fn processes_with(marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
         .count()
@@ -472,24 +548,38 @@ fn processes_with(marker: &str) -> usize {
 
 #[tokio::test]
 async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_job() {
-    let app = spawn_app_with(|o| o.job_desk = Some(quick_leases(Duration::from_millis(1500)))).await;
+    let app =
+        spawn_app_with(|o| o.job_desk = Some(quick_leases(Duration::from_millis(1500)))).await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut doomed = executor_process(&app);
     // A sleep long enough to be caught running, with a marker to find it.
     let marker = format!("{}.{}", 2, Uuid::new_v4().as_u128() % 1_000_000);
     let source = format!("sleep {marker}; echo finished");
-    let id = submit(&app, &owner, project, json!({"language": "bash", "source": source})).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": source}),
+    )
+    .await;
     with_status(&app, &owner, id, "running").await;
-    eventually(WAIT, || async { (processes_with(&format!("sleep {marker}")) > 0).then_some(()) }).await;
+    eventually(WAIT, || async {
+        (processes_with(&format!("sleep {marker}")) > 0).then_some(())
+    })
+    .await;
     doomed.start_kill().unwrap();
     doomed.wait().await.unwrap();
     // Its sandbox dies with it.
-    eventually(WAIT, || async { (processes_with(&format!("sleep {marker}")) == 0).then_some(()) }).await;
+    eventually(WAIT, || async {
+        (processes_with(&format!("sleep {marker}")) == 0).then_some(())
+    })
+    .await;
     let names = BusNames::new(&app.namespace).unwrap();
     let stop = CancellationToken::new();
     let nats = async_nats::connect(nats_url()).await.unwrap();
-    let rescuer = tandem::stack::spawn_executor(nats, names, test_executor(1), stop.clone()).unwrap();
+    let rescuer =
+        tandem::stack::spawn_executor(nats, names, test_executor(1), stop.clone()).unwrap();
     let j = with_status(&app, &owner, id, "succeeded").await;
     let attempts = j["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{j}");
@@ -499,7 +589,11 @@ async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_j
     assert_ne!(attempts[0]["worker"], attempts[1]["worker"]);
     assert_eq!(j["result"]["stdout"], "finished\n");
     let events = job_events(&app, id).await;
-    assert_eq!(terminal_events(&events), 1, "exactly one terminal state: {events:?}");
+    assert_eq!(
+        terminal_events(&events),
+        1,
+        "exactly one terminal state: {events:?}"
+    );
     stop.cancel();
     rescuer.await.unwrap();
 }
@@ -512,9 +606,13 @@ async fn an_executor_shutting_down_hands_its_attempt_back_for_a_retry() {
     let names = BusNames::new(&app.namespace).unwrap();
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let first_stop = CancellationToken::new();
-    let first =
-        tandem::stack::spawn_executor(nats.clone(), names.clone(), test_executor(1), first_stop.clone())
-            .unwrap();
+    let first = tandem::stack::spawn_executor(
+        nats.clone(),
+        names.clone(),
+        test_executor(1),
+        first_stop.clone(),
+    )
+    .unwrap();
     let id = submit(
         &app,
         &owner,
@@ -546,7 +644,13 @@ async fn the_executors_environment_never_reaches_the_job() {
     let project = app.create_project(&owner).await;
     let secret = std::env::var("DATABASE_URL").unwrap_or_else(|_| database_url());
     let source = "import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read() if os.path.exists('/proc/self/environ') else '')";
-    let id = submit(&app, &owner, project, json!({"language": "python", "source": source})).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "python", "source": source}),
+    )
+    .await;
     let j = finished(&app, &owner, id).await;
     let out = format!("{}{}", j["result"]["stdout"], j["result"]["stderr"]);
     assert!(!out.contains(&secret), "{out}");
@@ -562,13 +666,12 @@ async fn live_output_reaches_websocket_subscribers_of_the_project() {
     let mut ws = tandem::bench::ws_client::WsClient::connect(&app.ws_url(), &owner.access)
         .await
         .unwrap();
-    let latest: Option<i64> = sqlx::query_scalar(
-        "SELECT max(position) FROM event_log WHERE project_id = $1",
-    )
-    .bind(project)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let latest: Option<i64> =
+        sqlx::query_scalar("SELECT max(position) FROM event_log WHERE project_id = $1")
+            .bind(project)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     ws.subscribe(project, latest).await.unwrap();
     let id = submit(
         &app,
@@ -580,7 +683,10 @@ async fn live_output_reaches_websocket_subscribers_of_the_project() {
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !seen.contains("line 2") {
-        assert!(tokio::time::Instant::now() < deadline, "live output seen: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live output seen: {seen:?}"
+        );
         let Some(frame) = ws.recv_within(WAIT).await.unwrap() else {
             continue;
         };
@@ -591,7 +697,10 @@ async fn live_output_reaches_websocket_subscribers_of_the_project() {
             seen.push_str(frame["chunk"].as_str().unwrap());
         }
     }
-    assert!(seen.contains("line 0") && seen.contains("line 1"), "{seen:?}");
+    assert!(
+        seen.contains("line 0") && seen.contains("line 1"),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -603,7 +712,15 @@ async fn a_lost_jobs_queue_is_refilled_from_the_log() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let source = format!("echo {i}");
-        ids.push(submit(&app, &owner, project, json!({"language": "bash", "source": source})).await);
+        ids.push(
+            submit(
+                &app,
+                &owner,
+                project,
+                json!({"language": "bash", "source": source}),
+            )
+            .await,
+        );
     }
     let names = BusNames::new(&app.namespace).unwrap();
     let nats = async_nats::connect(nats_url()).await.unwrap();

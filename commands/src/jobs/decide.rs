@@ -24,9 +24,7 @@ pub fn claim(job: &Job, version: u64, now: DateTime<Utc>) -> Claim {
     }
     if let Some(next) = job.claimable() {
         return match next.not_before {
-            Some(due) if due > now => {
-                Claim::Later((due - now).to_std().unwrap_or(Duration::ZERO))
-            }
+            Some(due) if due > now => Claim::Later((due - now).to_std().unwrap_or(Duration::ZERO)),
             _ => Claim::Start {
                 attempt: next.attempt,
             },
@@ -50,10 +48,7 @@ pub fn after_failure(job: &Job, now: DateTime<Utc>, jitter: f64) -> Option<JobCo
     }
     if !job.can_retry_attempt() {
         return Some(JobCommand::MarkDead {
-            reason: format!(
-                "gave up after {} failed attempts",
-                job.attempts_in_round()
-            ),
+            reason: format!("gave up after {} failed attempts", job.attempts_in_round()),
         });
     }
     let full = retry_delay(job.attempts_in_round());
@@ -113,13 +108,19 @@ mod tests {
     #[test]
     fn a_queued_job_is_started_and_a_retry_waits_until_due() {
         let now = Utc::now();
-        assert_eq!(claim(&job(vec![submitted(3)]), 1, now), Claim::Start { attempt: 1 });
+        assert_eq!(
+            claim(&job(vec![submitted(3)]), 1, now),
+            Claim::Start { attempt: 1 }
+        );
         let retry = JobEvent::JobRetryScheduled {
             next_attempt: 2,
             retry_at: now + chrono::Duration::seconds(4),
         };
         let waiting = job(vec![submitted(3), started(1), failed(1), retry]);
-        assert_eq!(claim(&waiting, 4, now), Claim::Later(Duration::from_secs(4)));
+        assert_eq!(
+            claim(&waiting, 4, now),
+            Claim::Later(Duration::from_secs(4))
+        );
         let later = now + chrono::Duration::seconds(5);
         assert_eq!(claim(&waiting, 4, later), Claim::Start { attempt: 2 });
     }

@@ -262,8 +262,13 @@ impl JobDesk {
             if beat.running.is_empty() {
                 continue;
             }
-            if let Err(e) =
-                leases::renew(&self.pool, &beat.worker, &beat.running, self.config.lease_ttl).await
+            if let Err(e) = leases::renew(
+                &self.pool,
+                &beat.worker,
+                &beat.running,
+                self.config.lease_ttl,
+            )
+            .await
             {
                 tracing::warn!(worker = %beat.worker, error = %e, "could not renew leases");
             }

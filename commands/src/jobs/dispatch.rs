@@ -56,7 +56,10 @@ pub async fn waiting_jobs(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WorkItem>
 
 /// The work-queue stream: each item is delivered to one executor and
 /// removed once acknowledged.
-pub fn jobs_stream_config(names: &BusNames, duplicate_window: std::time::Duration) -> stream::Config {
+pub fn jobs_stream_config(
+    names: &BusNames,
+    duplicate_window: std::time::Duration,
+) -> stream::Config {
     stream::Config {
         name: names.jobs_stream(),
         subjects: vec![names.job_work_wildcard()],
@@ -114,10 +117,21 @@ mod tests {
             assert_eq!(item.job_id, JobId(job));
             assert_eq!(item.position, 42);
         }
-        for event in ["JobAttemptStarted", "JobCompleted", "JobCancelled", "JobMarkedDead"] {
+        for event in [
+            "JobAttemptStarted",
+            "JobCompleted",
+            "JobCancelled",
+            "JobMarkedDead",
+        ] {
             assert_eq!(work_item(&envelope("Job", event, &job.to_string())), None);
         }
-        assert_eq!(work_item(&envelope("Project", "JobSubmitted", &job.to_string())), None);
-        assert_eq!(work_item(&envelope("Job", "JobSubmitted", "not-a-uuid")), None);
+        assert_eq!(
+            work_item(&envelope("Project", "JobSubmitted", &job.to_string())),
+            None
+        );
+        assert_eq!(
+            work_item(&envelope("Job", "JobSubmitted", "not-a-uuid")),
+            None
+        );
     }
 }

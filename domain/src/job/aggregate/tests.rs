@@ -557,7 +557,10 @@ fn the_next_claimable_attempt_follows_the_state_machine() {
             not_before: None
         })
     );
-    assert_eq!(queued.spec().map(|spec| spec.source.as_str()), Some("print(1)"));
+    assert_eq!(
+        queued.spec().map(|spec| spec.source.as_str()),
+        Some("print(1)")
+    );
     let running = state(s.running());
     assert_eq!(running.claimable(), None);
     assert_eq!(running.running(), Some((1, "w1")));
