@@ -101,6 +101,9 @@ struct Inner {
     sandbox: Sandbox,
     worker: String,
     running: Mutex<HashMap<JobId, Running>>,
+    /// Set at shutdown: an attempt claimed from now on is handed back
+    /// (reported failed, so it is retried) instead of run.
+    closing: CancellationToken,
 }
 
 impl Executor {
@@ -120,6 +123,7 @@ impl Executor {
                 sandbox,
                 worker,
                 running: Mutex::new(HashMap::new()),
+                closing: CancellationToken::new(),
             }),
         })
     }
@@ -298,6 +302,9 @@ impl Inner {
             .lock()
             .expect("running lock")
             .insert(a.job_id, running.clone());
+        if self.closing.is_cancelled() {
+            running.stop("executor_shutdown");
+        }
         metrics::gauge!("tandem_executor_running").increment(1.0);
         let (chunks, forwarded) = self.forward_output(&a);
         let request = RunRequest {
