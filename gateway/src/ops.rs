@@ -77,6 +77,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         json!(null)
     };
+    let jobs = jobs_progress(&state, postgres.is_ok() && nats.is_ok()).await;
     let ready = postgres.is_ok() && redis.is_ok() && nats.is_ok();
     let status = if ready {
         StatusCode::OK
@@ -92,8 +93,48 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         },
         "sequencer": sequencer,
         "read_side": read_side,
+        "jobs": jobs,
     });
     (status, Json(body))
+}
+
+/// The job machinery's backlog: work items waiting for an executor,
+/// reports waiting for the desk, attempts running under a lease. Also
+/// refreshes their gauges. `null` parts were not reachable.
+async fn jobs_progress(state: &AppState, reachable: bool) -> serde_json::Value {
+    if !reachable {
+        return json!(null);
+    }
+    let Ok(names) = tandem_domain::envelope::BusNames::new(&state.config.namespace) else {
+        return json!(null);
+    };
+    let js = async_nats::jetstream::new(state.nats.clone());
+    let depth = |stream: String| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(stream).await.ok()?;
+            Some(stream.info().await.ok()?.state.messages)
+        }
+    };
+    let queued = depth(names.jobs_stream()).await;
+    let reports = depth(names.job_reports_stream()).await;
+    let leases: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM job_leases")
+        .fetch_one(&state.write.pool)
+        .await
+        .ok();
+    let gauge = |name: &'static str, value: Option<f64>| {
+        if let Some(v) = value {
+            metrics::gauge!(name).set(v);
+        }
+    };
+    gauge("tandem_jobs_queued_items", queued.map(|n| n as f64));
+    gauge("tandem_jobs_reports_pending", reports.map(|n| n as f64));
+    gauge("tandem_jobs_running_leases", leases.map(|n| n as f64));
+    json!({
+        "queued_work_items": queued,
+        "reports_pending": reports,
+        "running_leases": leases,
+    })
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
@@ -101,6 +142,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Lag is head minus checkpoint, so it is computed when scraped.
     let _ = read_side_progress(&state).await;
+    let _ = jobs_progress(&state, true).await;
     state.metrics.run_upkeep();
     (
         [(

@@ -742,3 +742,29 @@ async fn a_lost_jobs_queue_is_refilled_from_the_log() {
     stop.cancel();
     executor.await.unwrap();
 }
+
+#[tokio::test]
+async fn readyz_and_metrics_show_the_job_backlog() {
+    // No executor: a submitted job waits as a work item.
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": "true"}),
+    )
+    .await;
+    let ready = eventually(WAIT, || async {
+        let r: Value = app.ops("readyz").await.json().await.ok()?;
+        (r["jobs"]["queued_work_items"] == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(ready["jobs"]["running_leases"], 0);
+    let text = app.metrics_text().await;
+    assert!(
+        text.lines().any(|l| l == "tandem_jobs_queued_items 1"),
+        "{text}"
+    );
+}
