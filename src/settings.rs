@@ -196,7 +196,7 @@ pub fn executor_config(
     let sandbox = tandem_executor::sandbox::SandboxConfig {
         launcher: vec![
             exe.into_os_string(),
-            tandem_executor::sandbox::LAUNCHER_ARG.into(),
+            tandem_executor::LAUNCHER_ARG.into(),
         ],
         max_concurrent: concurrency,
         ceiling,

@@ -16,3 +16,7 @@ pub mod sandbox;
 pub mod worker;
 
 pub use worker::{Executor, ExecutorConfig};
+
+/// The argument that makes the `tandem` binary the sandbox launcher
+/// (`tandem __sandbox`, whose `main` calls [`sandbox::launcher_main`]).
+pub const LAUNCHER_ARG: &str = "__sandbox";

@@ -243,7 +243,7 @@ pub fn test_executor(concurrency: usize) -> ExecutorConfig {
     let sandbox = SandboxConfig {
         launcher: vec![
             env!("CARGO_BIN_EXE_tandem").into(),
-            tandem_executor::sandbox::LAUNCHER_ARG.into(),
+            tandem_executor::LAUNCHER_ARG.into(),
         ],
         max_concurrent: concurrency,
         ceiling: Limits::default(),

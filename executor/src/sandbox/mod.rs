@@ -119,9 +119,6 @@ impl Sandbox {
     }
 }
 
-/// The argument that makes the `tandem` binary the launcher.
-pub const LAUNCHER_ARG: &str = "__sandbox";
-
 /// Entry point of the launcher process (`tandem __sandbox`).
 pub fn launcher_main() -> ! {
     std::process::exit(70)
