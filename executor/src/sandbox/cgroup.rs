@@ -112,14 +112,18 @@ impl RunCgroups {
             .is_some_and(|n| n > 0)
     }
 
-    /// SIGKILL everything in the run's cgroups; true when they are empty.
-    pub fn sweep(&self) -> bool {
+    /// SIGKILL everything in the run's cgroups but `spare`; true when
+    /// nothing else is in them.
+    pub fn sweep(&self, spare: Option<i32>) -> bool {
         let mut empty = true;
         for dir in self.dirs() {
             let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
                 continue;
             };
             for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if Some(pid) == spare {
+                    continue;
+                }
                 empty = false;
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -147,8 +151,9 @@ impl RunCgroups {
 
 /// SIGKILL every host process running as `uid`; true when there was none.
 /// The fallback sweep when there is no cgroup to enumerate.
-pub(crate) fn sweep_uid(uid: u32) -> bool {
-    let pids = pids_of_uid(uid);
+pub(crate) fn sweep_uid(uid: u32, spare: Option<i32>) -> bool {
+    let mut pids = pids_of_uid(uid);
+    pids.retain(|&p| Some(p) != spare);
     for &pid in &pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

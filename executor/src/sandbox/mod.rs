@@ -289,6 +289,7 @@ impl Sandbox {
             cgroups: cgroup::RunCgroups::default(),
             root: None,
             permit: Some(permit),
+            launcher: None,
             armed: true,
         };
         let processes = u64::from(limits.processes);
@@ -339,10 +340,11 @@ impl Sandbox {
         // The command still holds the launcher's end of the socket: we would
         // never see EOF on ours.
         drop(cmd);
-        ours.set_nonblocking(true)?;
-        let mut sock = tokio::net::UnixStream::from_std(ours)?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        guard.launcher = Some(child);
+        ours.set_nonblocking(true)?;
+        let mut sock = tokio::net::UnixStream::from_std(ours)?;
 
         let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
         let mut out = Capture::default();
@@ -370,15 +372,23 @@ impl Sandbox {
                 _ = cancel.cancelled() => Some(Finish::Cancelled),
             };
             if ended.is_some() {
-                let _ = child.start_kill();
+                // Everything but the launcher: init's death empties the
+                // namespace and the launcher, still alive, reaps init (no
+                // orphaned zombie) and exits, which closes the pipes. Only
+                // if it does not, it is killed too.
                 guard.sweep();
-                // Keep what was captured before the kill; the pipes close
-                // as soon as the tree is gone.
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut io).await;
             }
             ended
         };
-        let status = child.wait().await?;
+        let child = guard.launcher.as_mut().expect("launcher");
+        let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+            Ok(s) => s?,
+            Err(_) => {
+                let _ = child.start_kill();
+                child.wait().await?
+            }
+        };
         let duration = start.elapsed();
         let oom = guard.cgroups.oom_killed();
         guard.finish().await;
@@ -527,22 +537,43 @@ struct RunGuard {
     cgroups: cgroup::RunCgroups,
     root: Option<PathBuf>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Held here so that a dropped run sweeps the tree before the launcher
+    /// is killed (kill_on_drop).
+    launcher: Option<tokio::process::Child>,
     armed: bool,
 }
 
 impl RunGuard {
-    /// SIGKILL whatever is left; true when nothing is.
-    fn sweep(&self) -> bool {
-        if self.cgroups.dirs().is_empty() {
-            cgroup::sweep_uid(self.uid)
-        } else {
-            self.cgroups.sweep()
+    /// The launcher's pid while it has not been reaped.
+    fn launcher_pid(&mut self) -> Option<i32> {
+        let child = self.launcher.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => child.id().map(|p| p as i32),
+            _ => None,
         }
     }
 
+    /// SIGKILL whatever is left but the launcher; true when nothing is.
+    fn sweep(&mut self) -> bool {
+        let spare = self.launcher_pid();
+        let rest_empty = if self.cgroups.dirs().is_empty() {
+            cgroup::sweep_uid(self.uid, spare)
+        } else {
+            self.cgroups.sweep(spare)
+        };
+        rest_empty && spare.is_none()
+    }
+
     /// Remove what is left once the tree is gone; false to try again.
-    fn release(&mut self) -> bool {
-        if !self.sweep() || !self.cgroups.remove() {
+    /// After `patience`, the launcher is killed as well.
+    fn release(&mut self, patience: bool) -> bool {
+        let empty = self.sweep();
+        if !empty && !patience {
+            if let Some(child) = self.launcher.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        if !empty || !self.cgroups.remove() {
             return false;
         }
         if let Some(root) = self.root.take() {
@@ -572,11 +603,11 @@ impl RunGuard {
     }
 
     async fn finish(mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut clean = self.release();
-        while !clean && Instant::now() < deadline {
+        let start = Instant::now();
+        let mut clean = self.release(true);
+        while !clean && start.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            clean = self.release();
+            clean = self.release(start.elapsed() < Duration::from_secs(1));
         }
         self.give_back(clean);
     }
@@ -594,15 +625,16 @@ impl Drop for RunGuard {
             cgroups: std::mem::take(&mut self.cgroups),
             root: self.root.take(),
             permit: self.permit.take(),
+            launcher: self.launcher.take(),
             armed: false,
         };
         self.armed = false;
         std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut clean = rest.release();
-            while !clean && Instant::now() < deadline {
+            let start = Instant::now();
+            let mut clean = rest.release(true);
+            while !clean && start.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(5));
-                clean = rest.release();
+                clean = rest.release(start.elapsed() < Duration::from_secs(1));
             }
             rest.give_back(clean);
         });
