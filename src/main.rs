@@ -119,9 +119,7 @@ async fn run_gateway(
 fn main() -> anyhow::Result<()> {
     // The sandbox launcher must start single-threaded (a new user namespace
     // refuses a multi-threaded caller): before clap, logs or tokio.
-    if std::env::args_os().nth(1).as_deref()
-        == Some(tandem_executor::LAUNCHER_ARG.as_ref())
-    {
+    if std::env::args_os().nth(1).as_deref() == Some(tandem_executor::LAUNCHER_ARG.as_ref()) {
         tandem_executor::sandbox::launcher_main();
     }
     tokio::runtime::Builder::new_multi_thread()

@@ -194,10 +194,7 @@ pub fn executor_config(
     ceiling: tandem_executor::sandbox::Limits,
 ) -> tandem_executor::ExecutorConfig {
     let sandbox = tandem_executor::sandbox::SandboxConfig {
-        launcher: vec![
-            exe.into_os_string(),
-            tandem_executor::LAUNCHER_ARG.into(),
-        ],
+        launcher: vec![exe.into_os_string(), tandem_executor::LAUNCHER_ARG.into()],
         max_concurrent: concurrency,
         ceiling,
     };

@@ -203,7 +203,17 @@ impl Inner {
     /// Runs are spawned apart from this loop: one outlives a consumer
     /// hiccup, and shutdown waits on `running` instead.
     async fn take_work(self: Arc<Self>, slots: Arc<Semaphore>) -> Result<(), BoxError> {
-        let stream = self.js.get_stream(self.names.jobs_stream()).await?;
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        let stream = match self.js.get_stream(self.names.jobs_stream()).await {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(_)) => {
+                // The relay creates the queue: wait for it, quietly.
+                tracing::debug!(error = %e, "waiting for the jobs queue");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let name = self.names.consumer("executors");
         let consumer: jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(

@@ -542,7 +542,11 @@ fn processes_with(marker: &str) -> usize {
                 .all(|c| c.is_ascii_digit())
         })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+        .filter(|cmd| {
+            String::from_utf8_lossy(cmd)
+                .replace('\0', " ")
+                .contains(marker)
+        })
         .count()
 }
 
@@ -554,7 +558,7 @@ async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_j
     let project = app.create_project(&owner).await;
     let mut doomed = executor_process(&app);
     // A sleep long enough to be caught running, with a marker to find it.
-    let marker = format!("{}.{}", 2, Uuid::new_v4().as_u128() % 1_000_000);
+    let marker = format!("{}.{}", 4, Uuid::new_v4().as_u128() % 1_000_000);
     let source = format!("sleep {marker}; echo finished");
     let id = submit(
         &app,
@@ -767,4 +771,21 @@ async fn readyz_and_metrics_show_the_job_backlog() {
         text.lines().any(|l| l == "tandem_jobs_queued_items 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn output_with_nul_bytes_is_recorded_with_replacement_characters() {
+    let app = app_running_jobs(1).await;
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    let id = submit(
+        &app,
+        &owner,
+        project,
+        json!({"language": "bash", "source": "printf 'a\\0b'"}),
+    )
+    .await;
+    let j = finished(&app, &owner, id).await;
+    assert_eq!(j["status"], "succeeded");
+    assert_eq!(j["result"]["stdout"], "a\u{fffd}b");
 }

@@ -70,15 +70,35 @@ pub struct JobDesk {
     config: JobDeskConfig,
 }
 
+/// Output as the log can hold it: Postgres text and `jsonb` have no NUL
+/// character, so each becomes U+FFFD (the live view saw the real bytes).
+fn storable(mut output: RunOutput) -> RunOutput {
+    for text in [&mut output.stdout, &mut output.stderr] {
+        if text.contains('\0') {
+            *text = text.replace('\0', "\u{fffd}");
+        }
+    }
+    output
+}
+
 /// How a report or claim failed on our side (not the job's state).
 enum Trouble {
     /// Postgres or NATS: try again later.
     Transient(BoxError),
+    /// The store refused it as it is (a bug or data it cannot hold):
+    /// trying again will not help.
+    Permanent(BoxError),
 }
+
+/// Deliveries of one report before a permanent failure gives up on it.
+const REPORT_DELIVERIES: i64 = 5;
 
 impl<E: std::error::Error + Send + Sync + 'static> From<CommandError<E>> for Trouble {
     fn from(e: CommandError<E>) -> Self {
-        Trouble::Transient(Box::new(e))
+        match e {
+            CommandError::Internal(_) => Trouble::Permanent(Box::new(e)),
+            other => Trouble::Transient(Box::new(other)),
+        }
     }
 }
 
@@ -91,7 +111,7 @@ impl From<sqlx::Error> for Trouble {
 impl std::fmt::Display for Trouble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Trouble::Transient(e) => write!(f, "{e}"),
+            Trouble::Transient(e) | Trouble::Permanent(e) => write!(f, "{e}"),
         }
     }
 }
@@ -335,18 +355,12 @@ impl JobDesk {
                         return;
                     }
                 };
-                let outcome = match serde_json::from_slice::<Report>(&message.payload) {
-                    Ok(report) => self.record(report).await,
+                let delivered = message.info().map_or(1, |i| i.delivered);
+                let ack = match serde_json::from_slice::<Report>(&message.payload) {
+                    Ok(report) => self.record_or_give_up(report, delivered).await,
                     Err(e) => {
                         tracing::error!(error = %e, "malformed report dropped");
-                        Ok(())
-                    }
-                };
-                let ack = match outcome {
-                    Ok(()) => AckKind::Ack,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "report not recorded yet; redelivering");
-                        AckKind::Nak(Some(Duration::from_secs(1)))
+                        AckKind::Ack
                     }
                 };
                 if let Err(e) = message.ack_with(ack).await {
@@ -355,6 +369,34 @@ impl JobDesk {
             })
             .await;
         Err("reports consumer ended".into())
+    }
+
+    /// Records `report`; one the store keeps refusing fails its attempt
+    /// instead, so the job is retried rather than stuck running.
+    async fn record_or_give_up(&self, report: Report, delivered: i64) -> AckKind {
+        let (job, attempt) = (report.job_id(), report.attempt());
+        match self.record(report).await {
+            Ok(()) => AckKind::Ack,
+            Err(Trouble::Permanent(e)) if delivered >= REPORT_DELIVERIES => {
+                tracing::error!(job_id = %job, attempt, error = %e, "report cannot be recorded; failing its attempt");
+                let failed = Report::AttemptFailed {
+                    job_id: job,
+                    attempt,
+                    reason: "report_unrecordable".into(),
+                };
+                match self.record(failed).await {
+                    Ok(()) => AckKind::Ack,
+                    Err(e) => {
+                        tracing::warn!(job_id = %job, error = %e, "could not fail the attempt yet");
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job, attempt, error = %e, "report not recorded yet; redelivering");
+                AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        }
     }
 
     /// Turns one report into its command, then settles the job.
@@ -374,7 +416,7 @@ impl JobDesk {
                     stderr,
                     duration_ms,
                     truncated,
-                } = output;
+                } = storable(output);
                 JobCommand::Complete {
                     attempt,
                     exit_code,
@@ -389,14 +431,17 @@ impl JobDesk {
                 output,
                 attempt,
                 job_id: _,
-            } => JobCommand::Terminate {
-                attempt,
-                limit,
-                stdout: output.stdout,
-                stderr: output.stderr,
-                duration_ms: output.duration_ms,
-                truncated: output.truncated,
-            },
+            } => {
+                let output = storable(output);
+                JobCommand::Terminate {
+                    attempt,
+                    limit,
+                    stdout: output.stdout,
+                    stderr: output.stderr,
+                    duration_ms: output.duration_ms,
+                    truncated: output.truncated,
+                }
+            }
             Report::AttemptFailed {
                 reason,
                 attempt,

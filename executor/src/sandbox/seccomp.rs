@@ -109,7 +109,9 @@ pub(crate) fn filters() -> Result<Vec<BpfProgram>, String> {
     )
     .map_err(|e| e.to_string())?;
     let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3 as i64, Vec::new())].into_iter().collect(),
+        [(libc::SYS_clone3 as i64, Vec::new())]
+            .into_iter()
+            .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
