@@ -216,8 +216,24 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
-        self.run::<A>(id, command, ctx, expected_version, false)
+        self.run::<A>(id, command, ctx, expected_version, false, true)
             .await
+    }
+
+    /// Like [`execute`](Self::execute), without waiting for the log
+    /// position (`position` is `None`): for system commands whose caller
+    /// needs the decision, not the coordinate (an executor's claim).
+    pub async fn execute_unpositioned<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Handled,
+        A::Command: Clone,
+    {
+        self.run::<A>(id, command, ctx, None, false, false).await
     }
 
     /// For a command that creates its aggregate under an id minted for it:
@@ -234,7 +250,7 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
-        self.run::<A>(id, command, ctx, None, true).await
+        self.run::<A>(id, command, ctx, None, true, true).await
     }
 
     async fn run<A>(
@@ -244,6 +260,7 @@ impl CommandBus {
         ctx: &CommandContext,
         expected_version: Option<u64>,
         fresh: bool,
+        positioned: bool,
     ) -> Result<Committed, CommandError<A::Error>>
     where
         A: Handled,
@@ -285,7 +302,9 @@ impl CommandBus {
                 break (current, 0);
             }
             let metadata = metadata(ctx, context.aggregate().project_id());
-            subscription = Some(self.inner.positions.subscribe());
+            if positioned {
+                subscription = Some(self.inner.positions.subscribe());
+            }
             match store.commit(events, context, metadata).await {
                 Ok(committed) => {
                     let last = committed.last().map_or(current, |e| e.sequence as u64);
@@ -309,7 +328,7 @@ impl CommandBus {
         if appended > 0 {
             self.inner.notifier.poke();
         }
-        let position = if version == 0 {
+        let position = if version == 0 || !positioned {
             None
         } else {
             let recorded_earlier = appended == 0;

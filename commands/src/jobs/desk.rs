@@ -238,7 +238,8 @@ impl JobDesk {
             worker: request.worker.clone(),
         };
         let ctx = Self::context(request.job_id, &format!("claim/{}", request.worker));
-        match self.bus.execute::<Job>(&id, start, &ctx, None).await {
+        // The executor needs the decision, not the position: no wait.
+        match self.bus.execute_unpositioned::<Job>(&id, start, &ctx).await {
             Ok(_) => {}
             Err(e) => {
                 leases::release(&self.pool, &lease).await?;
@@ -319,7 +320,7 @@ impl JobDesk {
                 reason: "worker_lost".into(),
             };
             let ctx = Self::context(lease.job_id, &format!("lease/{}", lease.worker));
-            self.refusal_is_fine(self.bus.execute::<Job>(&id, fail, &ctx, None).await)?;
+            self.refusal_is_fine(self.bus.execute_unpositioned::<Job>(&id, fail, &ctx).await)?;
         }
         self.settle(lease.job_id, "lease").await?;
         leases::release(&self.pool, lease).await?;
@@ -450,7 +451,7 @@ impl JobDesk {
         };
         let id = job.to_string();
         let ctx = Self::context(job, &cause);
-        self.refusal_is_fine(self.bus.execute::<Job>(&id, command, &ctx, None).await)?;
+        self.refusal_is_fine(self.bus.execute_unpositioned::<Job>(&id, command, &ctx).await)?;
         self.settle(job, &cause).await?;
         leases::release_attempt(&self.pool, job, attempt).await?;
         Ok(())
@@ -464,7 +465,7 @@ impl JobDesk {
             return Ok(());
         };
         let ctx = Self::context(job, cause);
-        self.refusal_is_fine(self.bus.execute::<Job>(&id, next, &ctx, None).await)
+        self.refusal_is_fine(self.bus.execute_unpositioned::<Job>(&id, next, &ctx).await)
     }
 
     /// The job refusing a command (a late report, a decision someone else
