@@ -108,7 +108,16 @@ async fn run_gateway(
         relay: all_roles.map(|_| RelayConfig::default()),
         projections: all_roles.map(|_| ConsumerConfig::default()),
         job_desk: Some(leases.config()),
-        executor: all_roles.map(|(_, e)| e.config()).transpose()?,
+        executor: match all_roles {
+            Some((_, executing)) if tandem::settings::may_run_sandboxes() => {
+                Some(executing.config()?)
+            }
+            Some(_) => {
+                tracing::warn!("not running as root: this process runs no executor (jobs stay queued until a `tandem executor` runs as root)");
+                None
+            }
+            None => None,
+        },
     };
     let running = Stack::start(connections, listener, options).await?;
     stack::termination().await;
@@ -144,6 +153,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Gateway { http, leases } => run_gateway(common, http, leases, None).await,
         Command::Executor { executing } => {
+            anyhow::ensure!(
+                tandem::settings::may_run_sandboxes(),
+                "the executor builds its sandboxes as root (a uid per run, cgroups): run it as root"
+            );
             let nats = stack::connect_nats(&common.nats_url).await?;
             let names = BusNames::new(&common.namespace)?;
             let shutdown = CancellationToken::new();

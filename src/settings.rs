@@ -186,6 +186,18 @@ impl Executing {
     }
 }
 
+/// Whether this process may build sandboxes: each run switches to a slot
+/// uid of its own and gets cgroups, which takes root.
+pub fn may_run_sandboxes() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let uids = status.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
+            Some(uids.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// An executor whose sandboxes are launched by `exe __sandbox` (the
 /// `tandem` binary), `concurrency` runs at once.
 pub fn executor_config(

@@ -451,7 +451,11 @@ impl JobDesk {
         };
         let id = job.to_string();
         let ctx = Self::context(job, &cause);
-        self.refusal_is_fine(self.bus.execute_unpositioned::<Job>(&id, command, &ctx).await)?;
+        self.refusal_is_fine(
+            self.bus
+                .execute_unpositioned::<Job>(&id, command, &ctx)
+                .await,
+        )?;
         self.settle(job, &cause).await?;
         leases::release_attempt(&self.pool, job, attempt).await?;
         Ok(())
