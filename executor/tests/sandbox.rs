@@ -85,7 +85,14 @@ fn req_with(language: Language, source: &str, l: Limits) -> RunRequest {
 #[tokio::test]
 async fn javascript_happy_path() {
     let sb = sandbox(1);
-    let o = run(&sb, req(Language::Javascript, "console.log([1,2,3].map(x => x * 2).join(','))")).await;
+    let o = run(
+        &sb,
+        req(
+            Language::Javascript,
+            "console.log([1,2,3].map(x => x * 2).join(','))",
+        ),
+    )
+    .await;
     assert_eq!(o.finish, Finish::Exited(0), "{o:?}");
     assert_eq!(o.stdout, "2,4,6\n");
 }
@@ -93,7 +100,14 @@ async fn javascript_happy_path() {
 #[tokio::test]
 async fn bash_happy_path() {
     let sb = sandbox(1);
-    let o = run(&sb, req(Language::Bash, "for i in 1 2 3; do echo -n $i; done; echo; pwd; id -u")).await;
+    let o = run(
+        &sb,
+        req(
+            Language::Bash,
+            "for i in 1 2 3; do echo -n $i; done; echo; pwd; id -u",
+        ),
+    )
+    .await;
     assert_eq!(o.finish, Finish::Exited(0), "{o:?}");
     assert_eq!(o.stdout, "123\n/work\n1000\n");
 }
@@ -101,7 +115,10 @@ async fn bash_happy_path() {
 #[tokio::test]
 async fn stdin_reaches_the_job() {
     let sb = sandbox(1);
-    let mut r = req(Language::Python, "import sys\nprint(sys.stdin.read().upper(), end='')");
+    let mut r = req(
+        Language::Python,
+        "import sys\nprint(sys.stdin.read().upper(), end='')",
+    );
     r.stdin = "line one\nline two\n".into();
     let o = run(&sb, r).await;
     assert_eq!(o.finish, Finish::Exited(0), "{o:?}");
@@ -127,7 +144,11 @@ async fn exit_codes_are_reported() {
 #[tokio::test]
 async fn stdout_and_stderr_are_separate() {
     let sb = sandbox(1);
-    let o = run(&sb, req(Language::Bash, "echo out; echo err >&2; echo out2")).await;
+    let o = run(
+        &sb,
+        req(Language::Bash, "echo out; echo err >&2; echo out2"),
+    )
+    .await;
     assert_eq!(o.stdout, "out\nout2\n");
     assert_eq!(o.stderr, "err\n");
     assert!(!o.stdout_truncated && !o.stderr_truncated);
@@ -137,7 +158,15 @@ async fn stdout_and_stderr_are_separate() {
 async fn output_beyond_the_limit_is_truncated() {
     let sb = sandbox(1);
     let l = limits(|l| l.output_bytes = 1000);
-    let o = run(&sb, req_with(Language::Python, "print('x' * 5000)\nimport sys; print('e', file=sys.stderr)", l)).await;
+    let o = run(
+        &sb,
+        req_with(
+            Language::Python,
+            "print('x' * 5000)\nimport sys; print('e', file=sys.stderr)",
+            l,
+        ),
+    )
+    .await;
     assert_eq!(o.finish, Finish::Exited(0), "{o:?}");
     assert_eq!(o.stdout, "x".repeat(1000));
     assert!(o.stdout_truncated);
@@ -150,7 +179,11 @@ async fn live_output_is_sent() {
     let sb = sandbox(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let o = sb
-        .run(req(Language::Bash, "echo a; echo b >&2; echo c"), Some(tx), &CancellationToken::new())
+        .run(
+            req(Language::Bash, "echo a; echo b >&2; echo c"),
+            Some(tx),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -174,7 +207,11 @@ async fn limits_never_exceed_the_ceiling() {
     })
     .unwrap();
     let t = Instant::now();
-    let o = run(&sb, req_with(Language::Bash, "sleep 30", limits(|l| l.wall_ms = 100_000))).await;
+    let o = run(
+        &sb,
+        req_with(Language::Bash, "sleep 30", limits(|l| l.wall_ms = 100_000)),
+    )
+    .await;
     assert_eq!(o.finish, Finish::TimedOut);
     assert!(t.elapsed() < Duration::from_secs(6));
 }
@@ -183,9 +220,7 @@ async fn limits_never_exceed_the_ceiling() {
 async fn concurrent_runs_share_the_slots() {
     let sb = sandbox(2);
     let cancel = CancellationToken::new();
-    let runs = (0..5).map(|i| {
-        sb.run(req(Language::Python, &format!("print({i})")), None, &cancel)
-    });
+    let runs = (0..5).map(|i| sb.run(req(Language::Python, &format!("print({i})")), None, &cancel));
     let outs = futures::future::join_all(runs).await;
     for (i, o) in outs.into_iter().enumerate() {
         let o = o.unwrap();
@@ -221,9 +256,25 @@ async fn memory_bomb_hits_the_memory_limit() {
         return;
     }
     let l = limits(|l| l.memory_bytes = 64 << 20);
-    let o = run(&sb, req_with(Language::Python, "x = []\nwhile True:\n    x.append(b'\\x01' * (1 << 20))", l)).await;
+    let o = run(
+        &sb,
+        req_with(
+            Language::Python,
+            "x = []\nwhile True:\n    x.append(b'\\x01' * (1 << 20))",
+            l,
+        ),
+    )
+    .await;
     assert_eq!(o.finish, Finish::MemoryLimit, "{o:?}");
-    let o = run(&sb, req_with(Language::Javascript, "const a = []; while (true) a.push(Buffer.alloc(1 << 20, 1));", limits(|l| l.memory_bytes = 64 << 20))).await;
+    let o = run(
+        &sb,
+        req_with(
+            Language::Javascript,
+            "const a = []; while (true) a.push(Buffer.alloc(1 << 20, 1));",
+            limits(|l| l.memory_bytes = 64 << 20),
+        ),
+    )
+    .await;
     assert_eq!(o.finish, Finish::MemoryLimit, "{o:?}");
 }
 
@@ -233,7 +284,10 @@ async fn busy_loop_hits_the_cpu_limit() {
     let l = limits(|l| l.cpu_ms = 1000);
     let t = Instant::now();
     let o = run(&sb, req_with(Language::Python, "while True: pass", l)).await;
-    assert!(matches!(o.finish, Finish::CpuLimit | Finish::TimedOut), "{o:?}");
+    assert!(
+        matches!(o.finish, Finish::CpuLimit | Finish::TimedOut),
+        "{o:?}"
+    );
     assert_eq!(o.finish, Finish::CpuLimit, "{o:?}");
     assert!(t.elapsed() < Duration::from_secs(7));
 }
@@ -243,7 +297,11 @@ async fn sleeping_past_the_wall_limit_times_out() {
     let sb = sandbox(1);
     let l = limits(|l| l.wall_ms = 1500);
     let t = Instant::now();
-    let o = run(&sb, req_with(Language::Bash, "echo before; sleep 30; echo after", l)).await;
+    let o = run(
+        &sb,
+        req_with(Language::Bash, "echo before; sleep 30; echo after", l),
+    )
+    .await;
     assert_eq!(o.finish, Finish::TimedOut);
     assert_eq!(o.stdout, "before\n", "output before the kill is kept");
     assert!(t.elapsed() < Duration::from_millis(1500 + 5000));
@@ -254,7 +312,15 @@ async fn ten_gigabytes_of_output_are_truncated() {
     let sb = sandbox(1);
     let l = limits(|l| l.wall_ms = 3000);
     let t = Instant::now();
-    let o = run(&sb, req_with(Language::Bash, "head -c 10000000000 /dev/zero | tr '\\0' x", l)).await;
+    let o = run(
+        &sb,
+        req_with(
+            Language::Bash,
+            "head -c 10000000000 /dev/zero | tr '\\0' x",
+            l,
+        ),
+    )
+    .await;
     assert!(o.stdout_truncated);
     assert_eq!(o.stdout.len(), 1 << 20);
     assert!(t.elapsed() < Duration::from_secs(3 + 5));
@@ -306,9 +372,22 @@ except OSError:
 }
 
 #[tokio::test]
+async fn landlock_refuses_tcp_bind() {
+    let sb = sandbox(1);
+    if sb.enforcement().landlock_abi < 4 {
+        eprintln!("no Landlock TCP rules here: {}", sb.enforcement());
+        return;
+    }
+    // The empty network namespace alone would let this bind succeed.
+    let src = "import socket\ntry:\n    socket.socket().bind(('0.0.0.0', 8000)); print('bound')\nexcept PermissionError:\n    print('refused')";
+    let o = run(&sb, req(Language::Python, src)).await;
+    assert_eq!(o.stdout, "refused\n", "{o:?}");
+}
+
+#[tokio::test]
 async fn host_secrets_are_out_of_reach() {
-    // SAFETY of the test: set once, before any run reads it, and nothing
-    // else in this binary reads this name.
+    // The executor's own environment holds the secret (nothing else in this
+    // binary reads the variable, so setting it from a test is harmless).
     std::env::set_var("TANDEM_FAKE_SECRET", "hunter2-do-not-leak");
     let sb = sandbox(1);
     let src = r#"
@@ -345,12 +424,25 @@ async fn writing_outside_the_workdir_fails() {
 #[tokio::test]
 async fn killing_everything_from_inside_spares_the_host() {
     let sb = sandbox(1);
-    let mut sentinel = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
-    let o = run(&sb, req(Language::Bash, "kill -9 -1; kill -9 $PPID; kill -9 1; echo alive")).await;
+    let mut sentinel = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let o = run(
+        &sb,
+        req(
+            Language::Bash,
+            "kill -9 -1; kill -9 $PPID; kill -9 1; echo alive",
+        ),
+    )
+    .await;
     assert_eq!(o.stdout, "alive\n", "{o:?}");
     let o = run(&sb, req(Language::Python, "import os, signal\nfor p in [-1, os.getppid(), 1]:\n    try:\n        os.kill(p, signal.SIGKILL)\n    except OSError:\n        pass\nprint('alive')")).await;
     assert_eq!(o.stdout, "alive\n", "{o:?}");
-    assert!(sentinel.try_wait().unwrap().is_none(), "host process was killed");
+    assert!(
+        sentinel.try_wait().unwrap().is_none(),
+        "host process was killed"
+    );
     sentinel.kill().unwrap();
     let _ = sentinel.wait();
 }
@@ -366,7 +458,10 @@ async fn symlinks_do_not_reach_host_files() {
     );
     let o = run(&sb, req(Language::Bash, &src)).await;
     assert!(o.stdout.ends_with("done\n"), "{o:?}");
-    assert!(!o.stdout.contains("root:x:0:0"), "host /etc/passwd leaked: {o:?}");
+    assert!(
+        !o.stdout.contains("root:x:0:0"),
+        "host /etc/passwd leaked: {o:?}"
+    );
     assert!(!o.stdout.contains("host-only-content"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&host).unwrap(), "host-only-content");
     std::fs::remove_file(&host).unwrap();
@@ -411,7 +506,10 @@ async fn daemonized_children_die_with_the_job() {
     let t = Instant::now();
     let o = run(&sb, req(Language::Bash, src)).await;
     assert_eq!(o.stdout, "started\n");
-    assert!(t.elapsed() < Duration::from_secs(2), "the run waited for the daemon");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the run waited for the daemon"
+    );
     // run() asserted no process of the slot uid is left; and later still:
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_clean(&sb);
@@ -436,7 +534,11 @@ async fn cancel_kills_the_tree() {
         c.cancel();
         Instant::now()
     };
-    let job = sb.run(req(Language::Bash, "sleep 60 & sleep 60 & echo up; wait"), None, &cancel);
+    let job = sb.run(
+        req(Language::Bash, "sleep 60 & sleep 60 & echo up; wait"),
+        None,
+        &cancel,
+    );
     let (o, cancelled_at) = tokio::join!(job, watcher);
     let o = o.unwrap();
     assert_eq!(o.finish, Finish::Cancelled);
@@ -450,7 +552,11 @@ async fn dropping_the_run_kills_the_tree() {
     let sb = sandbox(1);
     let r = tokio::time::timeout(
         Duration::from_millis(800),
-        sb.run(req(Language::Bash, "sleep 60"), None, &CancellationToken::new()),
+        sb.run(
+            req(Language::Bash, "sleep 60"),
+            None,
+            &CancellationToken::new(),
+        ),
     )
     .await;
     assert!(r.is_err(), "the run should still be going");
@@ -501,7 +607,11 @@ async fn helper_executor() {
     .unwrap();
     let _ = sb
         .run(
-            req_with(Language::Bash, "(setsid sleep 60 &); sleep 60", limits(|l| l.wall_ms = 60_000)),
+            req_with(
+                Language::Bash,
+                "(setsid sleep 60 &); sleep 60",
+                limits(|l| l.wall_ms = 60_000),
+            ),
             None,
             &CancellationToken::new(),
         )
@@ -512,7 +622,12 @@ async fn helper_executor() {
 async fn executor_sigkill_kills_the_job() {
     let uid = 1_400_000_000 + (std::process::id() % 100_000) * 10;
     let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_executor", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "helper_executor",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(HELPER_ENV, uid.to_string())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -534,12 +649,17 @@ async fn executor_sigkill_kills_the_job() {
     for dir in sb.cgroup_dirs() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
-            if e.file_name().to_string_lossy().starts_with(&format!("{}{uid}-", Sandbox::cgroup_prefix())) {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}{uid}-", Sandbox::cgroup_prefix()))
+            {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
     }
-    let _ = std::fs::remove_dir(std::env::temp_dir().join(format!("{}{uid}-0", Sandbox::cgroup_prefix())));
+    let _ = std::fs::remove_dir(
+        std::env::temp_dir().join(format!("{}{uid}-0", Sandbox::cgroup_prefix())),
+    );
     assert!(left.is_empty(), "job survived the executor: {left:?}");
 }
 

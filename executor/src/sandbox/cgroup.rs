@@ -81,7 +81,10 @@ impl RunCgroups {
             fs::write(dir.join("memory.limit_in_bytes"), memory_bytes.to_string())?;
             if probe.memsw {
                 // Same as the RAM limit: no escape into swap.
-                fs::write(dir.join("memory.memsw.limit_in_bytes"), memory_bytes.to_string())?;
+                fs::write(
+                    dir.join("memory.memsw.limit_in_bytes"),
+                    memory_bytes.to_string(),
+                )?;
             }
         }
         if let Some(parent) = &probe.pids {
@@ -94,7 +97,11 @@ impl RunCgroups {
     }
 
     pub fn dirs(&self) -> Vec<PathBuf> {
-        self.memory.iter().chain(self.pids.iter()).cloned().collect()
+        self.memory
+            .iter()
+            .chain(self.pids.iter())
+            .cloned()
+            .collect()
     }
 
     /// The memory cgroup's OOM killer fired at least once in this run.

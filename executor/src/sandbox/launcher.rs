@@ -293,7 +293,10 @@ fn build_root(spec: &Spec) -> Result<(), String> {
         ),
         ("group", format!("sandbox:x:{INNER_ID}:\n")),
         ("hosts", "127.0.0.1 localhost\n::1 localhost\n".into()),
-        ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\n".into()),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files\n".into(),
+        ),
     ];
     for (name, content) in files {
         fs::write(etc.join(name), content).map_err(|e| format!("etc/{name}: {e}"))?;
@@ -384,7 +387,7 @@ fn supervise(init: Pid, status: &mut fs::File) -> Report {
 /// PID 1 of the sandbox. Returns never: it exits, and the kernel then kills
 /// whatever the job left running in the namespace.
 fn init(spec: &Spec, mut status: fs::File, lifeline: OwnedFd) -> ! {
-    let report = match init_setup(spec, &lifeline).and_then(|cmd| reap(cmd)) {
+    let report = match init_setup(spec, &lifeline).and_then(reap) {
         Ok(r) => r,
         Err(error) => Report::Setup { error },
     };
@@ -484,8 +487,8 @@ const ENV: [(&str, &str); 7] = [
 /// or connect, and (ABI 6) no signals or abstract sockets across the domain.
 fn landlock() -> Result<(), String> {
     use landlock::{
-        path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr,
-        RulesetCreatedAttr, Scope, ABI,
+        path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        Scope, ABI,
     };
     let abi = ABI::V6;
     let err = |e: landlock::RulesetError| format!("landlock: {e}");
@@ -526,7 +529,9 @@ fn landlock() -> Result<(), String> {
 /// Start the interpreter and reap until it is gone; orphans re-parented
 /// to us are reaped on the way so they do not pile up as zombies.
 fn reap(mut cmd: std::process::Command) -> Result<Report, String> {
-    let child = cmd.spawn().map_err(|e| format!("starting interpreter: {e}"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("starting interpreter: {e}"))?;
     let main = Pid::from_raw(child.id() as i32);
     let status = loop {
         match waitpid(None::<Pid>, None) {

@@ -33,11 +33,21 @@ pub(crate) struct Spec {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Report {
     /// The interpreter exited; `cpu_ms` covers it and every descendant reaped.
-    Exited { code: i32, cpu_ms: u64 },
-    Signaled { signal: i32, cpu_ms: u64 },
+    Exited {
+        code: i32,
+        cpu_ms: u64,
+    },
+    Signaled {
+        signal: i32,
+        cpu_ms: u64,
+    },
     /// The in-namespace init died before reporting (e.g. chosen by the OOM
     /// killer); the namespace died with it.
-    InitKilled { signal: i32 },
+    InitKilled {
+        signal: i32,
+    },
     /// The sandbox could not be built: an infrastructure failure.
-    Setup { error: String },
+    Setup {
+        error: String,
+    },
 }
