@@ -37,7 +37,10 @@ fn own_dir(controller: &str) -> Option<PathBuf> {
 /// limit file we need in it.
 fn usable(controller: &str, file: &str) -> Option<PathBuf> {
     let dir = own_dir(controller)?;
-    let probe = dir.join(format!("tandem-sbx-probe-{}", std::process::id()));
+    // Unique per call: two sandboxes probing at once must not collide.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!("tandem-sbx-probe-{}-{n}", std::process::id()));
     let _ = fs::remove_dir(&probe);
     fs::create_dir(&probe).ok()?;
     let ok = probe.join(file).exists();

@@ -387,7 +387,7 @@ fn supervise(init: Pid, status: &mut fs::File) -> Report {
 /// PID 1 of the sandbox. Returns never: it exits, and the kernel then kills
 /// whatever the job left running in the namespace.
 fn init(spec: &Spec, mut status: fs::File, lifeline: OwnedFd) -> ! {
-    let report = match init_setup(spec, &lifeline).and_then(|cmd| reap(cmd)) {
+    let report = match init_setup(spec, &lifeline).and_then(reap) {
         Ok(r) => r,
         Err(error) => Report::Setup { error },
     };

@@ -396,6 +396,8 @@ impl Sandbox {
         let finish = match ended {
             Some(f) => f,
             None => match serde_json::from_slice::<protocol::Report>(&report_bytes) {
+                // The OOM killer may pick the launcher or init too.
+                Err(_) if oom => Finish::MemoryLimit,
                 Err(_) => {
                     return Err(SandboxError::Setup(format!(
                         "launcher ended without a report ({status})"

@@ -85,7 +85,7 @@ const CLONE_NEW: &[libc::c_int] = &[
 pub(crate) fn filters() -> Result<Vec<BpfProgram>, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr as i64, Vec::new())).collect();
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
     let clone_rules = CLONE_NEW
         .iter()
         .map(|&flag| {
@@ -100,7 +100,7 @@ pub(crate) fn filters() -> Result<Vec<BpfProgram>, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    deny.insert(libc::SYS_clone as i64, clone_rules);
+    deny.insert(libc::SYS_clone, clone_rules);
     let eperm = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -109,9 +109,7 @@ pub(crate) fn filters() -> Result<Vec<BpfProgram>, String> {
     )
     .map_err(|e| e.to_string())?;
     let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3 as i64, Vec::new())]
-            .into_iter()
-            .collect(),
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
