@@ -715,3 +715,23 @@ async fn cgroups_are_used_where_present() {
     }
     assert_clean(&sb);
 }
+
+#[tokio::test]
+async fn leftovers_of_a_killed_executor_are_swept_once_old() {
+    let tmp = std::env::temp_dir();
+    let old = tmp.join(format!("tandem-sbx-leftover-old-{}", std::process::id()));
+    let young = tmp.join(format!("tandem-sbx-leftover-young-{}", std::process::id()));
+    for dir in [&old, &young] {
+        let _ = std::fs::remove_dir(dir);
+        std::fs::create_dir(dir).unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(&old)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let _sb = sandbox(1);
+    assert!(!old.exists(), "an old, empty leftover is removed");
+    assert!(young.exists(), "a young one may be another run's: kept");
+    std::fs::remove_dir(&young).unwrap();
+}

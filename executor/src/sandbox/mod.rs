@@ -171,6 +171,46 @@ impl fmt::Display for Enforcement {
 
 const CGROUP_PREFIX: &str = "tandem-sbx-";
 
+/// Older than any run can be (the wall ceiling is minutes at most).
+const LEFTOVER_AGE: Duration = Duration::from_secs(600);
+
+/// Removes what runs of an executor that died (SIGKILL) left behind: the
+/// empty cgroups and mount points named `tandem-sbx-*`, once they are
+/// older than any run. Only empty directories go (`rmdir`); a young one
+/// may belong to another executor's run that is just starting.
+fn sweep_leftovers(probe: &cgroup::Probe) {
+    let parents = probe
+        .memory
+        .iter()
+        .chain(probe.pids.iter())
+        .cloned()
+        .chain(std::iter::once(std::env::temp_dir()));
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let ours = name
+                .to_str()
+                .is_some_and(|n| n.starts_with(CGROUP_PREFIX) && !n.contains("probe"));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > LEFTOVER_AGE);
+            if ours && old && std::fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed what earlier runs left behind");
+    }
+}
+
 struct Inner {
     config: SandboxConfig,
     probe: cgroup::Probe,
@@ -215,6 +255,7 @@ impl Sandbox {
             return Err(SandboxError::Setup("bad slot uid range".into()));
         }
         let probe = cgroup::Probe::detect();
+        sweep_leftovers(&probe);
         let enforcement = Enforcement {
             memory_cgroup: probe.memory.is_some(),
             memory_swap: probe.memsw,
