@@ -96,8 +96,9 @@ pub(super) enum Roles {
     /// Also the relay (log to JetStream) and the projections (JetStream to
     /// the read models and the hot state), with their default settings.
     WithReadSide,
-    /// The read side, the job desk and an executor of this many slots.
-    WithJobs(usize),
+    /// The relay, the job desk and an executor of `slots`; with or
+    /// without the projections (the read side is not needed to run jobs).
+    WithJobs { slots: usize, projections: bool },
 }
 
 /// A whole stack in this process, as `tandem up` runs it (sequencer on,
@@ -151,9 +152,13 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = bench_gateway_config();
         let namespace = gateway.namespace.clone();
-        let read_side = roles != Roles::CommandPath;
+        let (relay, projections) = match roles {
+            Roles::CommandPath => (false, false),
+            Roles::WithReadSide => (true, true),
+            Roles::WithJobs { projections, .. } => (true, projections),
+        };
         let executor = match roles {
-            Roles::WithJobs(slots) => Some(crate::settings::executor_config(
+            Roles::WithJobs { slots, .. } => Some(crate::settings::executor_config(
                 std::env::current_exe()?,
                 slots,
                 tandem_executor::sandbox::Limits::default(),
@@ -166,8 +171,8 @@ impl Running {
             sequencer: Some(SequencerConfig::default()),
             // Without the read side: the command path alone, as the
             // foundation's goal measures it.
-            relay: read_side.then(RelayConfig::default),
-            projections: read_side.then(ConsumerConfig::default),
+            relay: relay.then(RelayConfig::default),
+            projections: projections.then(ConsumerConfig::default),
             job_desk: executor
                 .is_some()
                 .then(tandem_commands::jobs::JobDeskConfig::default),

@@ -4,10 +4,13 @@
 //!    directly ([`Sandbox::run`]), no NATS, no log: the reference rate.
 //! 2. *machinery*: `submitters` users each submit `print(1)` over HTTP and
 //!    wait for its `JobCompleted` event on the bus before the next; the
-//!    in-process executor has the same `slots`. Jobs/s against raw.
+//!    in-process executor has the same `slots`. Jobs/s against raw. The
+//!    stack runs what running jobs takes (gateway, write side, sequencer,
+//!    relay, job desk, executor), then again with the projections too, as
+//!    `tandem up` runs on one machine: both figures are printed.
 //! 3. *latency*: one submitter, one job at a time: submit (request sent)
 //!    → `JobCompleted` on the bus (the job is `succeeded` in the log and
-//!    every subscriber can know it).
+//!    every subscriber can know it), on the stack with projections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,16 +69,14 @@ pub(super) async fn jobs(common: &Common, args: &JobsArgs) -> anyhow::Result<()>
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
     let raw = raw_rate(slots, args).await?;
-    let db = BenchDatabase::recreate(&common.database_url, &args.database).await?;
-    let outcome = machinery(common, args, &db, slots).await;
-    let finished = db.finish(args.keep).await;
-    let (rate, latency) = outcome?;
-    finished?;
+    let (rate, _) = on_fresh_stack(common, args, slots, false, 0).await?;
+    let (full_rate, latency) = on_fresh_stack(common, args, slots, true, args.latency_jobs).await?;
+    let latency = latency.context("no latency samples")?;
     println!();
     println!("bench jobs: python print(1), {slots} sandbox slots");
     println!("  raw sandbox:  {raw:.1} runs/s ({slots} loops)");
     println!(
-        "  machinery:    {rate:.1} jobs/s ({} submitters, submit → JobCompleted)",
+        "  machinery:    {rate:.1} jobs/s ({} submitters, submit → JobCompleted; gateway, write side, relay, desk, executor)",
         args.submitters
     );
     let ratio = rate / raw;
@@ -84,6 +85,10 @@ pub(super) async fn jobs(common: &Common, args: &JobsArgs) -> anyhow::Result<()>
         ratio * 100.0,
         RATIO_GOAL * 100.0,
         verdict(ratio >= RATIO_GOAL)
+    );
+    println!(
+        "  with the projections on the same cores too: {full_rate:.1} jobs/s, {:.1} % of raw",
+        full_rate / raw * 100.0
     );
     println!(
         "  latency, one job at a time ({} jobs): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal p50 < {} ms): {}",
@@ -198,31 +203,43 @@ impl Completions {
     }
 }
 
-async fn machinery(
+/// The machinery's rate (and, with `latency_jobs`, its latency) on a
+/// stack of its own, on a fresh bench database.
+async fn on_fresh_stack(
     common: &Common,
     args: &JobsArgs,
-    db: &BenchDatabase,
     slots: usize,
-) -> anyhow::Result<(f64, Percentiles)> {
-    let running = Running::start_with(
-        common,
-        db,
-        args.pool_size,
-        64,
-        WriteSideConfig::default(),
-        Roles::WithJobs(slots),
-    )
-    .await?;
-    let outcome = measure(common, args, &running).await;
-    running.stop_and_clean(common).await;
-    outcome
+    projections: bool,
+    latency_jobs: u32,
+) -> anyhow::Result<(f64, Option<Percentiles>)> {
+    let db = BenchDatabase::recreate(&common.database_url, &args.database).await?;
+    let outcome = async {
+        let running = Running::start_with(
+            common,
+            &db,
+            args.pool_size,
+            64,
+            WriteSideConfig::default(),
+            Roles::WithJobs { slots, projections },
+        )
+        .await?;
+        let outcome = measure(common, args, &running, latency_jobs).await;
+        running.stop_and_clean(common).await;
+        outcome
+    }
+    .await;
+    let finished = db.finish(args.keep).await;
+    let measured = outcome?;
+    finished?;
+    Ok(measured)
 }
 
 async fn measure(
     common: &Common,
     args: &JobsArgs,
     running: &Running,
-) -> anyhow::Result<(f64, Percentiles)> {
+    latency_jobs: u32,
+) -> anyhow::Result<(f64, Option<Percentiles>)> {
     let api = &running.api;
     let names = BusNames::new(&running.namespace)?;
     let nats = async_nats::connect(common.nats_url.as_str()).await?;
@@ -294,16 +311,15 @@ async fn measure(
     }
     let rate = counted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     // Latency: one at a time.
-    let mut samples = Vec::with_capacity(args.latency_jobs as usize);
-    for _ in 0..args.latency_jobs {
+    let mut samples = Vec::with_capacity(latency_jobs as usize);
+    for _ in 0..latency_jobs {
         let sent = Instant::now();
         let job = submit(api, &users[0], &projects[0]).await?;
         let done = completions.wait(job).await?;
         samples.push(done - sent);
     }
     watcher.abort();
-    let latency = Percentiles::of(samples).context("no latency samples")?;
-    Ok((rate, latency))
+    Ok((rate, Percentiles::of(samples)))
 }
 
 async fn submit(api: &Api, token: &str, project: &str) -> anyhow::Result<Uuid> {
