@@ -124,7 +124,7 @@ impl<E: StdError> CommandError<E> {
 
 /// An aggregate the bus can run: where its events live and what services
 /// it gets.
-pub trait Handled: Aggregate + ProjectScoped + 'static {
+pub trait Handled: Aggregate + ProjectScoped + Clone + 'static {
     fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services);
 }
 
@@ -216,24 +216,28 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
-        self.run::<A>(id, command, ctx, expected_version, false, true)
-            .await
+        let (committed, _) = self
+            .run::<A>(id, command, ctx, expected_version, false, true)
+            .await?;
+        Ok(committed)
     }
 
     /// Like [`execute`](Self::execute), without waiting for the log
-    /// position (`position` is `None`): for system commands whose caller
-    /// needs the decision, not the coordinate (an executor's claim).
+    /// position (`position` is `None`), and with the aggregate as the
+    /// command left it: for system commands whose caller needs the
+    /// decision and the state, not the coordinate (an executor's claim).
     pub async fn execute_unpositioned<A>(
         &self,
         id: &str,
         command: A::Command,
         ctx: &CommandContext,
-    ) -> Result<Committed, CommandError<A::Error>>
+    ) -> Result<(Committed, A), CommandError<A::Error>>
     where
         A: Handled,
         A::Command: Clone,
     {
-        self.run::<A>(id, command, ctx, None, false, false).await
+        let (committed, state) = self.run::<A>(id, command, ctx, None, false, false).await?;
+        Ok((committed, state.unwrap_or_default()))
     }
 
     /// For a command that creates its aggregate under an id minted for it:
@@ -250,7 +254,8 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
-        self.run::<A>(id, command, ctx, None, true, true).await
+        let (committed, _) = self.run::<A>(id, command, ctx, None, true, true).await?;
+        Ok(committed)
     }
 
     async fn run<A>(
@@ -261,7 +266,7 @@ impl CommandBus {
         expected_version: Option<u64>,
         fresh: bool,
         positioned: bool,
-    ) -> Result<Committed, CommandError<A::Error>>
+    ) -> Result<(Committed, Option<A>), CommandError<A::Error>>
     where
         A: Handled,
         A::Command: Clone,
@@ -269,7 +274,7 @@ impl CommandBus {
         let (store, services) = A::parts(self);
         let mut attempt = 0;
         let mut subscription = None;
-        let (version, appended) = loop {
+        let (version, appended, state) = loop {
             let mut context = if fresh && attempt == 0 {
                 EventStoreAggregateContext {
                     aggregate_id: id.to_owned(),
@@ -299,16 +304,20 @@ impl CommandBus {
             }
             let events = sink.collect().await;
             if events.is_empty() {
-                break (current, 0);
+                break (current, 0, Some(context.aggregate));
             }
             let metadata = metadata(ctx, context.aggregate().project_id());
             if positioned {
                 subscription = Some(self.inner.positions.subscribe());
             }
+            // The events are applied already (the sink applies as it
+            // writes): this is the state the commit makes true. Only the
+            // unpositioned caller wants it.
+            let state = (!positioned).then(|| context.aggregate.clone());
             match store.commit(events, context, metadata).await {
                 Ok(committed) => {
                     let last = committed.last().map_or(current, |e| e.sequence as u64);
-                    break (last, committed.len());
+                    break (last, committed.len(), state);
                 }
                 Err(AggregateError::AggregateConflict) => {
                     if let Some(expected) = expected_version {
@@ -339,12 +348,13 @@ impl CommandBus {
                 .await
                 .map_err(|e| CommandError::Unavailable(Box::new(e)))?
         };
-        Ok(Committed {
+        let committed = Committed {
             aggregate_id: id.to_owned(),
             version,
             appended,
             position,
-        })
+        };
+        Ok((committed, state))
     }
 }
 

@@ -234,6 +234,12 @@ impl BusNames {
         format!("{}.events.*.Job.{}", self.namespace, token(event_type))
     }
 
+    /// Every event of one aggregate type in every project:
+    /// `<ns>.events.*.<aggregate_type>.>`.
+    pub fn aggregate_events_wildcard(&self, aggregate_type: &str) -> String {
+        format!("{}.events.*.{}.>", self.namespace, token(aggregate_type))
+    }
+
     fn stream_prefix(&self) -> String {
         self.namespace.to_ascii_uppercase().replace('-', "_")
     }

@@ -45,6 +45,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ExecutorConfig {
     /// Jobs run at once by this process.
     pub concurrency: usize,
+    /// Attempts claimed beyond the free slots, so a slot that frees up
+    /// starts the next run at once instead of waiting for a fetch and a
+    /// claim (a round trip and a commit). Such an attempt shows as running
+    /// from its claim; its `duration_ms` counts from its start.
+    pub claim_ahead: usize,
     /// How often the attempts this executor runs are declared alive; the
     /// write side's lease TTL must be several times this.
     pub heartbeat_interval: Duration,
@@ -62,6 +67,7 @@ impl ExecutorConfig {
     pub fn new(sandbox: SandboxConfig) -> Self {
         Self {
             concurrency: sandbox.max_concurrent,
+            claim_ahead: 1,
             heartbeat_interval: Duration::from_secs(5),
             claim_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
@@ -138,7 +144,7 @@ impl Executor {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
         tracing::info!(worker = %inner.worker, concurrency = inner.config.concurrency, "executor running");
-        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let slots = Arc::new(Semaphore::new(inner.taking()));
         let background = async {
             tokio::join!(
                 keep("work", || inner.clone().take_work(slots.clone())),
@@ -200,6 +206,11 @@ fn default_worker_name() -> String {
 }
 
 impl Inner {
+    /// Work items held at once: the slots and the claims ahead of them.
+    fn taking(&self) -> usize {
+        self.config.concurrency.max(1) + self.config.claim_ahead
+    }
+
     /// Runs are spawned apart from this loop: one outlives a consumer
     /// hiccup, and shutdown waits on `running` instead.
     async fn take_work(self: Arc<Self>, slots: Arc<Semaphore>) -> Result<(), BoxError> {

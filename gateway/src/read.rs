@@ -176,7 +176,11 @@ pub fn spawn_invalidator(
 ) {
     tokio::spawn(async move {
         loop {
-            let mut events = match nats.subscribe(names.events_wildcard()).await {
+            // Only project events change cached answers: the server filters.
+            let mut events = match nats
+                .subscribe(names.aggregate_events_wildcard("Project"))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cache invalidator cannot subscribe; retrying");

@@ -110,9 +110,9 @@ impl Rejection for JobError {
                 format!("a {} job cannot {action}", status_name(status)),
             )
             .with("job_status", status_name(status)),
-            JobError::StaleAttempt { .. } | JobError::AttemptsExhausted => {
-                ApiError::conflict("invalid_job_state", detail)
-            }
+            JobError::StaleAttempt { .. }
+            | JobError::AttemptsExhausted
+            | JobError::NotDue { .. } => ApiError::conflict("invalid_job_state", detail),
             JobError::Lookup(e) => ApiError::unavailable(&e),
         }
     }

@@ -1,5 +1,6 @@
-//! The desk's decisions, pure over a job's state: whether a claim may
-//! start an attempt, and what follows a failed attempt (retry with
+//! The desk's decisions, pure over a job's state: whether a claim should
+//! try to start an attempt (the aggregate has the last word), and what
+//! follows a failed attempt (retry with
 //! exponential backoff and jitter, or dead).
 
 use std::time::Duration;

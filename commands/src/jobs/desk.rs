@@ -217,8 +217,11 @@ impl JobDesk {
 
     async fn try_claim(&self, request: &ClaimRequest) -> Result<ClaimVerdict, Trouble> {
         let id = request.job_id.to_string();
-        let (job, version) = self.bus.load::<Job>(&id).await?;
-        let attempt = match decide::claim(&job, version, Utc::now()) {
+        // The lease comes first, so a started attempt always has one. Its
+        // attempt number is a guess from the job as it is now; a claim
+        // that finds another number (a race) moves its lease along.
+        let (before, version) = self.bus.load::<Job>(&id).await?;
+        let guess = match decide::claim(&before, version, Utc::now()) {
             Claim::Start { attempt } => attempt,
             Claim::Later(after) => {
                 return Ok(ClaimVerdict::Later {
@@ -227,35 +230,53 @@ impl JobDesk {
             }
             Claim::Drop(reason) => return Ok(ClaimVerdict::Drop { reason }),
         };
-        let lease = Lease {
+        let mut lease = Lease {
             job_id: request.job_id,
-            attempt,
+            attempt: guess,
             worker: request.worker.clone(),
         };
         leases::take(&self.pool, &lease, self.config.lease_ttl).await?;
         let start = JobCommand::StartAttempt {
-            attempt,
             worker: request.worker.clone(),
+            now: Utc::now(),
         };
         let ctx = Self::context(request.job_id, &format!("claim/{}", request.worker));
-        // The executor needs the decision, not the position: no wait.
-        match self.bus.execute_unpositioned::<Job>(&id, start, &ctx).await {
-            Ok(_) => {}
+        // The executor needs the decision and the code, not the position.
+        let job = match self.bus.execute_unpositioned::<Job>(&id, start, &ctx).await {
+            Ok((_, job)) => job,
             Err(e) => {
                 leases::release(&self.pool, &lease).await?;
                 return match e {
+                    CommandError::Rejected(JobError::NotDue { until }) => {
+                        let after = (until - Utc::now()).num_milliseconds().max(1) as u64;
+                        Ok(ClaimVerdict::Later { after_ms: after })
+                    }
                     CommandError::Rejected(refusal) => Ok(ClaimVerdict::Drop {
                         reason: refusal.to_string(),
                     }),
                     other => Err(other.into()),
                 };
             }
-        }
-        let (Some(spec), Some(project_id)) = (job.spec(), job.project_id()) else {
+        };
+        let (Some((attempt, _)), Some(spec), Some(project_id)) =
+            (job.running(), job.spec(), job.project_id())
+        else {
             return Ok(ClaimVerdict::Drop {
                 reason: "job without a submission".into(),
             });
         };
+        if attempt != lease.attempt {
+            let guessed = std::mem::replace(&mut lease.attempt, attempt);
+            leases::take(&self.pool, &lease, self.config.lease_ttl).await?;
+            leases::release(
+                &self.pool,
+                &Lease {
+                    attempt: guessed,
+                    ..lease.clone()
+                },
+            )
+            .await?;
+        }
         tracing::debug!(job_id = %request.job_id, attempt, worker = %request.worker, "attempt started");
         Ok(ClaimVerdict::Run(Assignment {
             job_id: request.job_id,

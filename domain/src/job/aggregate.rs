@@ -109,6 +109,9 @@ pub enum JobError {
     StaleAttempt { current: Option<u32>, got: u32 },
     #[error("all attempts are used up")]
     AttemptsExhausted,
+    /// A scheduled retry claimed before its time.
+    #[error("the next attempt is not due before {until}")]
+    NotDue { until: DateTime<Utc> },
     #[error(transparent)]
     Lookup(#[from] LookupError),
 }
@@ -275,19 +278,18 @@ impl Aggregate for Job {
     ) -> Result<(), JobError> {
         let event = match command {
             submit @ JobCommand::Submit { .. } => self.submit_event(directory, submit).await?,
-            JobCommand::StartAttempt { attempt, worker } => {
+            JobCommand::StartAttempt { worker, now } => {
                 let phase = self.phase()?;
                 if phase != Phase::Queued {
                     return Err(Self::invalid(phase, "start"));
                 }
-                let next = self.attempts_started + 1;
-                if attempt != next {
-                    return Err(JobError::StaleAttempt {
-                        current: Some(next),
-                        got: attempt,
-                    });
+                if let Some(until) = self.not_before.filter(|due| *due > now) {
+                    return Err(JobError::NotDue { until });
                 }
-                JobEvent::JobAttemptStarted { attempt, worker }
+                JobEvent::JobAttemptStarted {
+                    attempt: self.attempts_started + 1,
+                    worker,
+                }
             }
             JobCommand::Complete {
                 attempt,

@@ -69,9 +69,11 @@ pub enum JobCommand {
         timeout_ms: u64,
         max_attempts: u32,
     },
+    /// An executor claims the next attempt at `now`: started if the job is
+    /// queued and a scheduled retry is due.
     StartAttempt {
-        attempt: u32,
         worker: String,
+        now: DateTime<Utc>,
     },
     Complete {
         attempt: u32,

@@ -315,6 +315,8 @@ impl Sandbox {
             }
             _ = cancel.cancelled() => return Ok(Outcome::empty(Finish::Cancelled, start)),
         };
+        // The run's duration starts with its slot, not with the wait for one.
+        let start = Instant::now();
         let uid = self
             .inner
             .free_uids

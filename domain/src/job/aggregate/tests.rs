@@ -241,39 +241,50 @@ fn a_queued_job_starts_its_next_attempt() {
     let s = Scene::new();
     s.test()
         .given(s.queued())
-        .when(JobCommand::StartAttempt {
-            attempt: 1,
-            worker: "w1".into(),
-        })
+        .when(start_at(at()))
         .then_expect_events(vec![started(1)]);
 }
 
+fn start_at(now: chrono::DateTime<Utc>) -> JobCommand {
+    JobCommand::StartAttempt {
+        worker: "w1".into(),
+        now,
+    }
+}
+
 #[test]
-fn starts_are_refused_twice_out_of_order_or_when_unknown() {
+fn a_scheduled_retry_starts_once_it_is_due() {
+    let s = Scene::new();
+    let mut waiting = s.attempt_failed();
+    waiting.push(retry_scheduled(2));
+    s.test()
+        .given(waiting.clone())
+        .when(start_at(at() - chrono::Duration::seconds(1)))
+        .then_expect_error(JobError::NotDue { until: at() });
+    s.test()
+        .given(waiting)
+        .when(start_at(at()))
+        .then_expect_events(vec![started(2)]);
+}
+
+#[test]
+fn starts_are_refused_unless_queued() {
     let s = Scene::new();
     s.test()
         .given(s.running())
-        .when(JobCommand::StartAttempt {
-            attempt: 2,
-            worker: "w2".into(),
-        })
+        .when(start_at(at()))
         .then_expect_error(invalid(JobStatus::Running, "start"));
     s.test()
-        .given(s.queued())
-        .when(JobCommand::StartAttempt {
-            attempt: 5,
-            worker: "w1".into(),
-        })
-        .then_expect_error(JobError::StaleAttempt {
-            current: Some(1),
-            got: 5,
-        });
+        .given(s.attempt_failed())
+        .when(start_at(at()))
+        .then_expect_error(invalid(JobStatus::Queued, "start"));
+    s.test()
+        .given(s.finished(0))
+        .when(start_at(at()))
+        .then_expect_error(invalid(JobStatus::Succeeded, "start"));
     s.test()
         .given_no_previous_events()
-        .when(JobCommand::StartAttempt {
-            attempt: 1,
-            worker: "w1".into(),
-        })
+        .when(start_at(at()))
         .then_expect_error(JobError::NotFound);
 }
 
@@ -460,10 +471,7 @@ fn a_retry_on_request_renews_the_attempt_budget() {
     s.test()
         .given(s.dead())
         .and(vec![JobEvent::JobRetryRequested { by: s.writer }])
-        .when(JobCommand::StartAttempt {
-            attempt: 3,
-            worker: "w1".into(),
-        })
+        .when(start_at(at()))
         .then_expect_events(vec![started(3)]);
 }
 
