@@ -1,16 +1,22 @@
 //! `bench jobs`: the job machinery against the bare sandbox, in one run.
 //!
-//! 1. *raw*: `slots` loops run `print(1)` in python in the sandbox
-//!    directly ([`Sandbox::run`]), no NATS, no log: the reference rate.
-//! 2. *machinery*: `submitters` users each submit `print(1)` over HTTP and
-//!    wait for its `JobCompleted` event on the bus before the next; the
-//!    in-process executor has the same `slots`. Jobs/s against raw. The
-//!    stack runs what running jobs takes (gateway, write side, sequencer,
-//!    relay, job desk, executor), then again with the projections too, as
-//!    `tandem up` runs on one machine: both figures are printed.
-//! 3. *latency*: one submitter, one job at a time: submit (request sent)
-//!    → `JobCompleted` on the bus (the job is `succeeded` in the log and
-//!    every subscriber can know it), on the stack with projections.
+//! Two kinds of load take turns (`--turn-secs` each, `--duration-secs` in
+//! all for each kind), so both see the same machine: this box's speed
+//! drifts by a quarter from one minute to the next.
+//! - *raw*: `slots` loops run `print(1)` in python in the sandbox directly
+//!   ([`Sandbox::run`]), no NATS, no log: the reference rate.
+//! - *machinery*: `submitters` users each submit `print(1)` over HTTP and
+//!   wait for its `JobCompleted` event on the bus before the next; the
+//!   in-process executor has the same `slots`. A job counts when its
+//!   `JobCompleted` arrives within a machinery turn.
+//!
+//! Between turns every loop finishes what it started (unmeasured), so
+//! neither load spills into the other's turn. This runs twice: on a stack
+//! with what running jobs takes (gateway, write side, sequencer, relay,
+//! job desk, executor), then with the projections too, as `tandem up` runs
+//! on one machine. Last, on that second stack, one job at a time: submit
+//! (request sent) → `JobCompleted` on the bus (the job is `succeeded` in
+//! the log and every subscriber can know it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,8 +31,7 @@ use serde_json::json;
 use tandem_commands::WriteSideConfig;
 use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_executor::sandbox::{Finish, Language, Limits, RunRequest, Sandbox};
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::database::BenchDatabase;
@@ -36,17 +41,18 @@ use crate::settings::Common;
 
 #[derive(Args, Clone, Debug)]
 pub struct JobsArgs {
-    /// Users submitting at once in the machinery phase.
+    /// Users submitting at once in the machinery turns.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub submitters: u32,
     /// Sandbox slots, for the executor and the raw loops alike (default: cores).
     #[arg(long)]
     pub slots: Option<usize>,
-    /// Measured time of the raw and the machinery phase each.
-    #[arg(long, default_value_t = 10)]
+    /// Measured time of each kind of load, per stack.
+    #[arg(long, default_value_t = 12)]
     pub duration_secs: u64,
-    #[arg(long, default_value_t = 2)]
-    pub warmup_secs: u64,
+    /// Length of one turn.
+    #[arg(long, default_value_t = 3)]
+    pub turn_secs: u64,
     /// Jobs timed one after another in the latency phase.
     #[arg(long, default_value_t = 200)]
     pub latency_jobs: u32,
@@ -63,32 +69,41 @@ const RATIO_GOAL: f64 = 0.70;
 const LATENCY_P50_GOAL: Duration = Duration::from_millis(100);
 const SOURCE: &str = "print(1)";
 
+/// Rates of one stack's alternating turns.
+struct Rates {
+    raw: f64,
+    machinery: f64,
+}
+
 pub(super) async fn jobs(common: &Common, args: &JobsArgs) -> anyhow::Result<()> {
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    let raw = raw_rate(slots, args).await?;
-    let (rate, _) = on_fresh_stack(common, args, slots, false, 0).await?;
-    let (full_rate, latency) = on_fresh_stack(common, args, slots, true, args.latency_jobs).await?;
+    let (lean, _) = on_fresh_stack(common, args, slots, false, 0).await?;
+    let (full, latency) = on_fresh_stack(common, args, slots, true, args.latency_jobs).await?;
     let latency = latency.context("no latency samples")?;
     println!();
-    println!("bench jobs: python print(1), {slots} sandbox slots");
-    println!("  raw sandbox:  {raw:.1} runs/s ({slots} loops)");
     println!(
-        "  machinery:    {rate:.1} jobs/s ({} submitters, submit → JobCompleted; gateway, write side, relay, desk, executor)",
-        args.submitters
+        "bench jobs: python print(1), {slots} sandbox slots, {} submitters, {} s of each load in {} s turns",
+        args.submitters, args.duration_secs, args.turn_secs
     );
-    let ratio = rate / raw;
+    let ratio = lean.machinery / lean.raw;
+    println!("  jobs stack (gateway, write side, relay, desk, executor):");
     println!(
-        "  ratio:        {:.1} % (goal ≥ {:.0} %): {}",
+        "    raw sandbox {:.1} runs/s, machinery {:.1} jobs/s (submit → JobCompleted): {:.1} % (goal ≥ {:.0} %): {}",
+        lean.raw,
+        lean.machinery,
         ratio * 100.0,
         RATIO_GOAL * 100.0,
         verdict(ratio >= RATIO_GOAL)
     );
+    println!("  with the projections on the same cores too:");
     println!(
-        "  with the projections on the same cores too: {full_rate:.1} jobs/s, {:.1} % of raw",
-        full_rate / raw * 100.0
+        "    raw sandbox {:.1} runs/s, machinery {:.1} jobs/s: {:.1} %",
+        full.raw,
+        full.machinery,
+        full.machinery / full.raw * 100.0
     );
     println!(
         "  latency, one job at a time ({} jobs): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (goal p50 < {} ms): {}",
@@ -112,52 +127,36 @@ fn python_print() -> RunRequest {
     }
 }
 
-/// Runs per second of the bare sandbox with `slots` loops.
-async fn raw_rate(slots: usize, args: &JobsArgs) -> anyhow::Result<f64> {
-    let config =
-        crate::settings::executor_config(std::env::current_exe()?, slots, Limits::default());
-    let sandbox = Arc::new(Sandbox::new(config.sandbox).context("setting up the sandbox")?);
-    let counted = Arc::new(AtomicUsize::new(0));
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = CancellationToken::new();
-    let never = CancellationToken::new();
-    let loops: Vec<_> = (0..slots)
-        .map(|_| {
-            let (sandbox, counted, measuring, stop, never) = (
-                sandbox.clone(),
-                counted.clone(),
-                measuring.clone(),
-                stop.clone(),
-                never.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.is_cancelled() {
-                    let outcome = sandbox.run(python_print(), None, &never).await?;
-                    anyhow::ensure!(
-                        outcome.finish == Finish::Exited(0) && outcome.stdout == "1\n",
-                        "print(1) gave {:?} {:?}",
-                        outcome.finish,
-                        outcome.stderr
-                    );
-                    if measuring.load(Ordering::Relaxed) {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.cancel();
-    for l in loops {
-        l.await??;
+/// Whose turn it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    Pause,
+    Raw,
+    Machinery,
+    Done,
+}
+
+/// A loop that takes part in turns: it starts work only in its own turn,
+/// and says when it is busy so the controller can wait for quiet.
+#[derive(Clone)]
+struct Turns {
+    turn: watch::Receiver<Turn>,
+    busy: Arc<AtomicUsize>,
+}
+
+impl Turns {
+    /// Waits for `mine` (false once the run is over).
+    async fn wait_for(&mut self, mine: Turn) -> bool {
+        self.turn
+            .wait_for(|t| *t == mine || *t == Turn::Done)
+            .await
+            .map(|t| *t == mine)
+            .unwrap_or(false)
     }
-    Ok(counted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+
+    fn is(&self, turn: Turn) -> bool {
+        *self.turn.borrow() == turn
+    }
 }
 
 /// When each job's `JobCompleted` went by on the bus.
@@ -203,15 +202,15 @@ impl Completions {
     }
 }
 
-/// The machinery's rate (and, with `latency_jobs`, its latency) on a
-/// stack of its own, on a fresh bench database.
+/// One stack's turns (and, with `latency_jobs`, its latency), on a fresh
+/// bench database.
 async fn on_fresh_stack(
     common: &Common,
     args: &JobsArgs,
     slots: usize,
     projections: bool,
     latency_jobs: u32,
-) -> anyhow::Result<(f64, Option<Percentiles>)> {
+) -> anyhow::Result<(Rates, Option<Percentiles>)> {
     let db = BenchDatabase::recreate(&common.database_url, &args.database).await?;
     let outcome = async {
         let running = Running::start_with(
@@ -223,7 +222,7 @@ async fn on_fresh_stack(
             Roles::WithJobs { slots, projections },
         )
         .await?;
-        let outcome = measure(common, args, &running, latency_jobs).await;
+        let outcome = measure(common, args, slots, &running, latency_jobs).await;
         running.stop_and_clean(common).await;
         outcome
     }
@@ -237,9 +236,10 @@ async fn on_fresh_stack(
 async fn measure(
     common: &Common,
     args: &JobsArgs,
+    slots: usize,
     running: &Running,
     latency_jobs: u32,
-) -> anyhow::Result<(f64, Option<Percentiles>)> {
+) -> anyhow::Result<(Rates, Option<Percentiles>)> {
     let api = &running.api;
     let names = BusNames::new(&running.namespace)?;
     let nats = async_nats::connect(common.nats_url.as_str()).await?;
@@ -271,45 +271,97 @@ async fn measure(
             .await?;
         projects.push(project["id"].as_str().context("project id")?.to_owned());
     }
-    // Machinery: closed loops, one per submitter.
-    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let counted = Arc::new(AtomicUsize::new(0));
-    let stop = CancellationToken::new();
-    let loops: Vec<_> = users
-        .iter()
-        .zip(&projects)
-        .map(|(token, project)| {
-            let (api, completions, measuring, counted, stop) = (
-                api.clone(),
-                completions.clone(),
-                measuring.clone(),
-                counted.clone(),
-                stop.clone(),
-            );
-            let (token, project) = (token.clone(), project.clone());
-            tokio::spawn(async move {
-                while !stop.is_cancelled() {
-                    let job = submit(&api, &token, &project).await?;
-                    completions.wait(job).await?;
-                    if measuring.load(Ordering::Relaxed) {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    }
+    let config =
+        crate::settings::executor_config(std::env::current_exe()?, slots, Limits::default());
+    let sandbox = Arc::new(Sandbox::new(config.sandbox).context("setting up the sandbox")?);
+
+    let (turn_tx, turn_rx) = watch::channel(Turn::Pause);
+    let turns = Turns {
+        turn: turn_rx,
+        busy: Arc::new(AtomicUsize::new(0)),
+    };
+    let raw_done = Arc::new(AtomicUsize::new(0));
+    let jobs_done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..slots {
+        let (sandbox, mut turns, done) = (sandbox.clone(), turns.clone(), raw_done.clone());
+        workers.push(tokio::spawn(async move {
+            let never = tokio_util::sync::CancellationToken::new();
+            while turns.wait_for(Turn::Raw).await {
+                turns.busy.fetch_add(1, Ordering::SeqCst);
+                let outcome = sandbox.run(python_print(), None, &never).await;
+                turns.busy.fetch_sub(1, Ordering::SeqCst);
+                let outcome = outcome?;
+                anyhow::ensure!(
+                    outcome.finish == Finish::Exited(0) && outcome.stdout == "1\n",
+                    "print(1) gave {:?} {:?}",
+                    outcome.finish,
+                    outcome.stderr
+                );
+                if turns.is(Turn::Raw) {
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration_secs)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.cancel();
-    for l in loops {
-        l.await??;
+            }
+            Ok(())
+        }));
     }
-    let rate = counted.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    for (token, project) in users.iter().zip(&projects) {
+        let (api, completions, mut turns, done) = (
+            api.clone(),
+            completions.clone(),
+            turns.clone(),
+            jobs_done.clone(),
+        );
+        let (token, project) = (token.clone(), project.clone());
+        workers.push(tokio::spawn(async move {
+            while turns.wait_for(Turn::Machinery).await {
+                turns.busy.fetch_add(1, Ordering::SeqCst);
+                let finished = async {
+                    let job = submit(&api, &token, &project).await?;
+                    completions.wait(job).await
+                }
+                .await;
+                turns.busy.fetch_sub(1, Ordering::SeqCst);
+                finished?;
+                if turns.is(Turn::Machinery) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+    }
+    // Warm both up (unmeasured), then alternate.
+    let turn = Duration::from_secs(args.turn_secs.max(1));
+    let rounds = (args.duration_secs.max(1)).div_ceil(args.turn_secs.max(1));
+    let mut measured = Duration::ZERO;
+    for round in 0..=rounds {
+        for kind in [Turn::Raw, Turn::Machinery] {
+            let counter = if kind == Turn::Raw { &raw_done } else { &jobs_done };
+            let before = counter.load(Ordering::Relaxed);
+            turn_tx.send_replace(kind);
+            tokio::time::sleep(turn).await;
+            turn_tx.send_replace(Turn::Pause);
+            while turns.busy.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if round == 0 {
+                // The warm-up's completions do not count.
+                counter.store(before, Ordering::Relaxed);
+            }
+        }
+        if round > 0 {
+            measured += turn;
+        }
+    }
+    turn_tx.send_replace(Turn::Done);
+    for w in workers {
+        w.await??;
+    }
+    let seconds = measured.as_secs_f64();
+    let rates = Rates {
+        raw: raw_done.load(Ordering::Relaxed) as f64 / seconds,
+        machinery: jobs_done.load(Ordering::Relaxed) as f64 / seconds,
+    };
     // Latency: one at a time.
     let mut samples = Vec::with_capacity(latency_jobs as usize);
     for _ in 0..latency_jobs {
@@ -319,7 +371,7 @@ async fn measure(
         samples.push(done - sent);
     }
     watcher.abort();
-    Ok((rate, Percentiles::of(samples)))
+    Ok((rates, Percentiles::of(samples)))
 }
 
 async fn submit(api: &Api, token: &str, project: &str) -> anyhow::Result<Uuid> {
