@@ -29,6 +29,13 @@ pub struct WorkItem {
     pub project_id: Option<ProjectId>,
     /// The log position of the event that made the job runnable.
     pub position: i64,
+    /// The attempt that event makes next, when it says (hints: the claim
+    /// decides on the job's state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// A scheduled retry's due time: the executor asks no earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +43,9 @@ pub struct ClaimRequest {
     pub job_id: JobId,
     /// Stable for the executor process (`<host>/<pid>/<random>`).
     pub worker: String,
+    /// The work item's attempt hint, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

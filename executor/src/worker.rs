@@ -271,7 +271,16 @@ impl Inner {
                 return;
             }
         };
-        let ack = match self.claim(item.job_id).await {
+        if let Some(due) = item.not_before {
+            let wait = (due - chrono::Utc::now()).num_milliseconds();
+            if wait > 0 {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_millis(wait as u64))))
+                    .await;
+                return;
+            }
+        }
+        let ack = match self.claim(&item).await {
             Ok(ClaimVerdict::Run(assignment)) => {
                 // Acknowledged before running: from here the lease, not the
                 // queue, covers a lost executor.
@@ -298,10 +307,11 @@ impl Inner {
         }
     }
 
-    async fn claim(&self, job_id: JobId) -> Result<ClaimVerdict, BoxError> {
+    async fn claim(&self, item: &WorkItem) -> Result<ClaimVerdict, BoxError> {
         let request = ClaimRequest {
-            job_id,
+            job_id: item.job_id,
             worker: self.worker.clone(),
+            attempt: item.attempt,
         };
         let body = serde_json::to_vec(&request)?;
         let reply = tokio::time::timeout(

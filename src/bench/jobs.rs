@@ -336,7 +336,11 @@ async fn measure(
     let mut measured = Duration::ZERO;
     for round in 0..=rounds {
         for kind in [Turn::Raw, Turn::Machinery] {
-            let counter = if kind == Turn::Raw { &raw_done } else { &jobs_done };
+            let counter = if kind == Turn::Raw {
+                &raw_done
+            } else {
+                &jobs_done
+            };
             let before = counter.load(Ordering::Relaxed);
             turn_tx.send_replace(kind);
             tokio::time::sleep(turn).await;

@@ -411,6 +411,8 @@ async fn of_many_claims_on_one_attempt_exactly_one_runs() {
             let request = ClaimRequest {
                 job_id: JobId(id),
                 worker: format!("racer-{i}"),
+                // Half of them with the work item's hint, half without.
+                attempt: (i % 2 == 0).then_some(1),
             };
             let reply = nats
                 .request(subject, serde_json::to_vec(&request).unwrap().into())

@@ -220,15 +220,22 @@ impl JobDesk {
         // The lease comes first, so a started attempt always has one. Its
         // attempt number is a guess from the job as it is now; a claim
         // that finds another number (a race) moves its lease along.
-        let (before, version) = self.bus.load::<Job>(&id).await?;
-        let guess = match decide::claim(&before, version, Utc::now()) {
-            Claim::Start { attempt } => attempt,
-            Claim::Later(after) => {
-                return Ok(ClaimVerdict::Later {
-                    after_ms: after.as_millis().max(1) as u64,
-                })
+        // A work item made by a submission or a scheduled retry names the
+        // attempt: the common path then loads the job once, in the command.
+        let guess = match request.attempt {
+            Some(attempt) => attempt,
+            None => {
+                let (before, version) = self.bus.load::<Job>(&id).await?;
+                match decide::claim(&before, version, Utc::now()) {
+                    Claim::Start { attempt } => attempt,
+                    Claim::Later(after) => {
+                        return Ok(ClaimVerdict::Later {
+                            after_ms: after.as_millis().max(1) as u64,
+                        })
+                    }
+                    Claim::Drop(reason) => return Ok(ClaimVerdict::Drop { reason }),
+                }
             }
-            Claim::Drop(reason) => return Ok(ClaimVerdict::Drop { reason }),
         };
         let mut lease = Lease {
             job_id: request.job_id,

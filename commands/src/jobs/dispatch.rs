@@ -7,6 +7,7 @@
 
 use async_nats::jetstream::stream;
 use tandem_domain::envelope::{BusNames, Envelope};
+use tandem_domain::job::JobEvent;
 use tandem_domain::work::WorkItem;
 use tandem_domain::JobId;
 
@@ -19,10 +20,21 @@ pub fn work_item(envelope: &Envelope) -> Option<WorkItem> {
         return None;
     }
     let job_id = JobId(envelope.aggregateid.parse().ok()?);
+    let (attempt, not_before) = match envelope.decode::<JobEvent>() {
+        Ok(JobEvent::JobSubmitted { .. }) => (Some(1), None),
+        Ok(JobEvent::JobRetryScheduled {
+            next_attempt,
+            retry_at,
+        }) => (Some(next_attempt), Some(retry_at)),
+        // A retry on request continues the numbering: the desk looks it up.
+        _ => (None, None),
+    };
     Some(WorkItem {
         job_id,
         project_id: envelope.projectid.map(tandem_domain::ProjectId),
         position: envelope.position,
+        attempt,
+        not_before,
     })
 }
 
@@ -49,6 +61,8 @@ pub async fn waiting_jobs(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<WorkItem>
                 job_id: JobId(id.parse().ok()?),
                 project_id: project.map(tandem_domain::ProjectId),
                 position,
+                attempt: None,
+                not_before: None,
             })
         })
         .collect())
@@ -116,6 +130,7 @@ mod tests {
             let item = work_item(&envelope("Job", event, &job.to_string())).unwrap();
             assert_eq!(item.job_id, JobId(job));
             assert_eq!(item.position, 42);
+            assert_eq!(item.attempt, None, "payload unreadable here: no hint");
         }
         for event in [
             "JobAttemptStarted",
