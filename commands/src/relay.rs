@@ -35,6 +35,7 @@ use async_nats::jetstream::{self, stream};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
+use tandem_domain::work::WorkItem;
 
 use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
@@ -207,19 +208,26 @@ impl Relay {
             );
         }
         for item in waiting {
-            let message = PublishMessage::build()
-                .payload(
-                    serde_json::to_vec(&item)
-                        .expect("work items serialize")
-                        .into(),
-                )
-                .message_id(format!("work-{}", item.position));
-            self.js
-                .send_publish(self.names.job_work_subject(item.job_id.0), message)
-                .await?
-                .await?;
+            self.publish_work(&item).await?.await?;
         }
         Ok(())
+    }
+
+    /// A work item onto the jobs queue, de-duplicated by its position.
+    async fn publish_work(
+        &self,
+        item: &WorkItem,
+    ) -> Result<
+        async_nats::jetstream::context::PublishAckFuture,
+        async_nats::jetstream::context::PublishError,
+    > {
+        let payload = serde_json::to_vec(item).expect("work items serialize");
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(format!("work-{}", item.position));
+        self.js
+            .send_publish(self.names.job_work_subject(item.job_id.0), message)
+            .await
     }
 
     /// Publishes everything after `checkpoint`, then waits for more, until
@@ -297,18 +305,7 @@ impl Relay {
                 }
             }
             if let Some(item) = item {
-                let message = PublishMessage::build()
-                    .payload(
-                        serde_json::to_vec(&item)
-                            .expect("work items serialize")
-                            .into(),
-                    )
-                    .message_id(format!("work-{}", event.position));
-                match self
-                    .js
-                    .send_publish(self.names.job_work_subject(item.job_id.0), message)
-                    .await
-                {
+                match self.publish_work(&item).await {
                     Ok(ack) => work.push((event.position, ack)),
                     Err(e) => {
                         interrupted = Some(Interrupted::Failed(Box::new(e)));

@@ -19,13 +19,18 @@ pub fn fit_report(mut report: Report, max_payload: usize) -> Report {
             break;
         };
         let over = size - budget;
-        let longer = if output.stdout.len() >= output.stderr.len() {
-            &mut output.stdout
+        // Cut the stream that costs more on the wire (escaping can make a
+        // byte cost six), by what is over in its own encoded measure.
+        let encoded = |text: &str| serde_json::to_string(text).map_or(text.len(), |j| j.len());
+        let (out_cost, err_cost) = (encoded(&output.stdout), encoded(&output.stderr));
+        let (longer, cost) = if out_cost >= err_cost {
+            (&mut output.stdout, out_cost)
         } else {
-            &mut output.stderr
+            (&mut output.stderr, err_cost)
         };
-        // Escaping may make a byte cost up to six: cut at least what is over.
-        let keep = longer.len().saturating_sub(over.max(longer.len() / 8));
+        let bytes_per_byte = cost as f64 / longer.len().max(1) as f64;
+        let cut = ((over as f64 / bytes_per_byte).ceil() as usize).max(longer.len() / 16);
+        let keep = longer.len().saturating_sub(cut);
         cut_at_char(longer, keep);
         output.truncated = true;
     }

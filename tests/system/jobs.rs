@@ -317,21 +317,10 @@ async fn a_cancelled_queued_job_never_runs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let names = BusNames::new(&app.namespace).unwrap();
-    let stop = CancellationToken::new();
-    let nats = async_nats::connect(nats_url()).await.unwrap();
-    let task =
-        tandem::stack::spawn_executor(nats.clone(), names.clone(), test_executor(1), stop.clone())
-            .unwrap();
+    let executor = ExtraExecutor::start(&app, 1).await;
     // The executor takes the work item and lets it go without running it.
-    let js = async_nats::jetstream::new(nats);
-    eventually(WAIT, || async {
-        let mut stream = js.get_stream(names.jobs_stream()).await.ok()?;
-        (stream.info().await.ok()?.state.messages == 0).then_some(())
-    })
-    .await;
-    stop.cancel();
-    task.await.unwrap();
+    queued_items_reach(&app, 0).await;
+    executor.stop().await;
     let j = with_status(&app, &owner, id, "cancelled").await;
     assert_eq!(j["attempts"].as_array().unwrap().len(), 0, "never started");
     assert_eq!(job_events(&app, id).await, ["JobSubmitted", "JobCancelled"]);
@@ -448,11 +437,7 @@ async fn of_many_claims_on_one_attempt_exactly_one_runs() {
 #[tokio::test]
 async fn two_executors_share_the_queue_and_run_each_attempt_once() {
     let app = app_running_jobs(2).await;
-    let names = BusNames::new(&app.namespace).unwrap();
-    let stop = CancellationToken::new();
-    let nats = async_nats::connect(nats_url()).await.unwrap();
-    let second =
-        tandem::stack::spawn_executor(nats, names, test_executor(2), stop.clone()).unwrap();
+    let second = ExtraExecutor::start(&app, 2).await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
     let mut ids = Vec::new();
@@ -482,8 +467,7 @@ async fn two_executors_share_the_queue_and_run_each_attempt_once() {
         );
     }
     assert!(!workers.is_empty());
-    stop.cancel();
-    second.await.unwrap();
+    second.stop().await;
 }
 
 #[tokio::test]
@@ -512,6 +496,42 @@ async fn a_failed_job_retried_on_request_runs_again_with_the_next_attempt() {
     .await;
     assert_eq!(j["attempts"][1]["attempt"], 2);
     assert_eq!(j["result"]["stdout"], "again\n");
+}
+
+/// Waits until the jobs queue holds `n` work items.
+async fn queued_items_reach(app: &TestApp, n: u64) {
+    let names = BusNames::new(&app.namespace).unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    eventually(WAIT, || async {
+        let mut stream = js.get_stream(names.jobs_stream()).await.ok()?;
+        (stream.info().await.ok()?.state.messages == n).then_some(())
+    })
+    .await;
+}
+
+/// An executor of its own in this process, on `app`'s namespace, as
+/// another `tandem executor` would run.
+struct ExtraExecutor {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ExtraExecutor {
+    async fn start(app: &TestApp, concurrency: usize) -> Self {
+        let names = BusNames::new(&app.namespace).unwrap();
+        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let stop = CancellationToken::new();
+        let task =
+            tandem::stack::spawn_executor(nats, names, test_executor(concurrency), stop.clone())
+                .unwrap();
+        Self { stop, task }
+    }
+
+    /// Stops it the way SIGTERM does, and waits until it has.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
 }
 
 /// The `tandem executor` binary in its own process, on this app's namespace.
@@ -581,11 +601,7 @@ async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_j
         (processes_with(&format!("sleep {marker}")) == 0).then_some(())
     })
     .await;
-    let names = BusNames::new(&app.namespace).unwrap();
-    let stop = CancellationToken::new();
-    let nats = async_nats::connect(nats_url()).await.unwrap();
-    let rescuer =
-        tandem::stack::spawn_executor(nats, names, test_executor(1), stop.clone()).unwrap();
+    let rescuer = ExtraExecutor::start(&app, 1).await;
     let j = with_status(&app, &owner, id, "succeeded").await;
     let attempts = j["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{j}");
@@ -600,8 +616,7 @@ async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_j
         1,
         "exactly one terminal state: {events:?}"
     );
-    stop.cancel();
-    rescuer.await.unwrap();
+    rescuer.stop().await;
 }
 
 #[tokio::test]
@@ -609,16 +624,7 @@ async fn an_executor_shutting_down_hands_its_attempt_back_for_a_retry() {
     let app = spawn_app().await;
     let owner = app.user().await;
     let project = app.create_project(&owner).await;
-    let names = BusNames::new(&app.namespace).unwrap();
-    let nats = async_nats::connect(nats_url()).await.unwrap();
-    let first_stop = CancellationToken::new();
-    let first = tandem::stack::spawn_executor(
-        nats.clone(),
-        names.clone(),
-        test_executor(1),
-        first_stop.clone(),
-    )
-    .unwrap();
+    let first = ExtraExecutor::start(&app, 1).await;
     let id = submit(
         &app,
         &owner,
@@ -627,18 +633,14 @@ async fn an_executor_shutting_down_hands_its_attempt_back_for_a_retry() {
     )
     .await;
     with_status(&app, &owner, id, "running").await;
-    first_stop.cancel();
-    first.await.unwrap();
-    let second_stop = CancellationToken::new();
-    let second =
-        tandem::stack::spawn_executor(nats, names, test_executor(1), second_stop.clone()).unwrap();
+    first.stop().await;
+    let second = ExtraExecutor::start(&app, 1).await;
     let j = with_status(&app, &owner, id, "succeeded").await;
     let attempts = j["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{j}");
     assert_eq!(attempts[0]["reason"], "executor_shutdown");
     assert_eq!(j["result"]["stdout"], "done\n");
-    second_stop.cancel();
-    second.await.unwrap();
+    second.stop().await;
 }
 
 #[tokio::test]
@@ -728,25 +730,17 @@ async fn a_lost_jobs_queue_is_refilled_from_the_log() {
             .await,
         );
     }
+    queued_items_reach(&app, 3).await;
     let names = BusNames::new(&app.namespace).unwrap();
-    let nats = async_nats::connect(nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats.clone());
-    eventually(WAIT, || async {
-        let mut stream = js.get_stream(names.jobs_stream()).await.ok()?;
-        (stream.info().await.ok()?.state.messages == 3).then_some(())
-    })
-    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     js.delete_stream(names.jobs_stream()).await.unwrap();
-    let stop = CancellationToken::new();
-    let executor =
-        tandem::stack::spawn_executor(nats, names.clone(), test_executor(2), stop.clone()).unwrap();
+    let executor = ExtraExecutor::start(&app, 2).await;
     for (i, id) in ids.iter().enumerate() {
         let j = with_status(&app, &owner, *id, "succeeded").await;
         assert_eq!(j["result"]["stdout"], format!("{i}\n"));
         assert_eq!(j["attempts"].as_array().unwrap().len(), 1);
     }
-    stop.cancel();
-    executor.await.unwrap();
+    executor.stop().await;
 }
 
 #[tokio::test]
