@@ -32,13 +32,26 @@ async fn submit(app: &TestApp, user: &User, project: Uuid, body: Value) -> Uuid 
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let accepted = body_json(r).await;
+    let accepted = crate::support::body(r).await;
     assert_eq!(accepted["status"], "queued");
     accepted["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn body_json(r: reqwest::Response) -> Value {
-    body(r).await
+/// `POST /jobs/{id}/<action>` (`cancel`, `retry`), which must be accepted.
+async fn act(app: &TestApp, user: &User, id: Uuid, action: &str) {
+    let r = app
+        .as_user(user, Method::POST, &format!("/jobs/{id}/{action}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{action}");
+}
+
+/// A user and a project it owns.
+async fn owner_with_project(app: &TestApp) -> (User, Uuid) {
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    (owner, project)
 }
 
 /// The job as the read side has it; `None` until the read side knows it.
@@ -100,8 +113,7 @@ fn terminal_events(events: &[String]) -> usize {
 #[tokio::test]
 async fn code_in_each_language_runs_and_its_output_comes_back() {
     let app = app_running_jobs(2).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let cases = [
         (
             "python",
@@ -146,8 +158,7 @@ async fn code_in_each_language_runs_and_its_output_comes_back() {
 #[tokio::test]
 async fn stdin_reaches_the_code_and_a_nonzero_exit_is_a_failure_not_retried() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let source = "import sys\ndata = sys.stdin.read()\nprint(data.upper(), end='')\nsys.exit(3)";
     let id = submit(
         &app,
@@ -170,8 +181,7 @@ async fn stdin_reaches_the_code_and_a_nonzero_exit_is_a_failure_not_retried() {
 #[tokio::test]
 async fn code_running_past_its_timeout_fails_with_reason_timeout() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -199,8 +209,7 @@ async fn code_running_past_its_timeout_fails_with_reason_timeout() {
 #[tokio::test]
 async fn output_beyond_the_limit_is_cut_and_flagged() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -233,8 +242,7 @@ fn broken_executor() -> tandem_executor::ExecutorConfig {
 #[tokio::test]
 async fn infrastructure_failures_are_retried_with_backoff_then_the_job_is_dead() {
     let app = spawn_app_with(|o| o.executor = Some(broken_executor())).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -302,8 +310,7 @@ async fn infrastructure_failures_are_retried_with_backoff_then_the_job_is_dead()
 async fn a_cancelled_queued_job_never_runs() {
     // No executor yet: the job waits in the queue.
     let app = spawn_app().await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -311,12 +318,7 @@ async fn a_cancelled_queued_job_never_runs() {
         json!({"language": "bash", "source": "echo ran"}),
     )
     .await;
-    let r = app
-        .as_user(&owner, Method::POST, &format!("/jobs/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    act(&app, &owner, id, "cancel").await;
     let executor = ExtraExecutor::start(&app, 1).await;
     // The executor takes the work item and lets it go without running it.
     queued_items_reach(&app, 0).await;
@@ -329,8 +331,7 @@ async fn a_cancelled_queued_job_never_runs() {
 #[tokio::test]
 async fn cancelling_a_running_job_stops_its_output_and_ends_it_cancelled() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let names = BusNames::new(&app.namespace).unwrap();
     let nats = async_nats::connect(nats_url()).await.unwrap();
     let mut output = nats
@@ -352,12 +353,7 @@ async fn cancelling_a_running_job_stops_its_output_and_ends_it_cancelled() {
     let chunk: Value = serde_json::from_slice(&first.payload).unwrap();
     assert_eq!(chunk["job_id"], id.to_string());
     assert!(chunk["chunk"].as_str().unwrap().contains("tick"));
-    let r = app
-        .as_user(&owner, Method::POST, &format!("/jobs/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    act(&app, &owner, id, "cancel").await;
     let j = with_status(&app, &owner, id, "cancelled").await;
     assert_eq!(j["attempts"][0]["status"], "cancelled");
     // The process tree is gone: once the executor has let go of the run,
@@ -382,8 +378,7 @@ async fn cancelling_a_running_job_stops_its_output_and_ends_it_cancelled() {
 #[tokio::test]
 async fn of_many_claims_on_one_attempt_exactly_one_runs() {
     let app = spawn_app().await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -438,8 +433,7 @@ async fn of_many_claims_on_one_attempt_exactly_one_runs() {
 async fn two_executors_share_the_queue_and_run_each_attempt_once() {
     let app = app_running_jobs(2).await;
     let second = ExtraExecutor::start(&app, 2).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let mut ids = Vec::new();
     for i in 0..24 {
         let source = format!("echo job-{i}");
@@ -473,8 +467,7 @@ async fn two_executors_share_the_queue_and_run_each_attempt_once() {
 #[tokio::test]
 async fn a_failed_job_retried_on_request_runs_again_with_the_next_attempt() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,
@@ -483,12 +476,7 @@ async fn a_failed_job_retried_on_request_runs_again_with_the_next_attempt() {
     )
     .await;
     assert_eq!(finished(&app, &owner, id).await["status"], "failed");
-    let r = app
-        .as_user(&owner, Method::POST, &format!("/jobs/{id}/retry"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    act(&app, &owner, id, "retry").await;
     let j = eventually(WAIT, || async {
         let j = job_view(&app, &owner, id).await?;
         (j["attempts"].as_array().unwrap().len() == 2 && j["status"] == "failed").then_some(j)
@@ -576,8 +564,7 @@ fn processes_with(marker: &str) -> usize {
 async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_job() {
     let app =
         spawn_app_with(|o| o.job_desk = Some(quick_leases(Duration::from_millis(1500)))).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let mut doomed = executor_process(&app);
     // A sleep long enough to be caught running, with a marker to find it.
     let marker = format!("{}.{}", 4, Uuid::new_v4().as_u128() % 1_000_000);
@@ -622,8 +609,7 @@ async fn an_executor_killed_mid_job_loses_its_attempt_and_another_finishes_the_j
 #[tokio::test]
 async fn an_executor_shutting_down_hands_its_attempt_back_for_a_retry() {
     let app = spawn_app().await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let first = ExtraExecutor::start(&app, 1).await;
     let id = submit(
         &app,
@@ -648,8 +634,7 @@ async fn the_executors_environment_never_reaches_the_job() {
     // The executor runs in this test process: whatever it has in its
     // environment, a job must not see.
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let secret = std::env::var("DATABASE_URL").unwrap_or_else(|_| database_url());
     let source = "import os\nprint(sorted(os.environ))\nprint(open('/proc/self/environ').read() if os.path.exists('/proc/self/environ') else '')";
     let id = submit(
@@ -669,8 +654,7 @@ async fn the_executors_environment_never_reaches_the_job() {
 #[tokio::test]
 async fn live_output_reaches_websocket_subscribers_of_the_project() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let mut ws = tandem::bench::ws_client::WsClient::connect(&app.ws_url(), &owner.access)
         .await
         .unwrap();
@@ -715,8 +699,7 @@ async fn live_output_reaches_websocket_subscribers_of_the_project() {
 async fn a_lost_jobs_queue_is_refilled_from_the_log() {
     // No executor: the jobs wait in the queue, which is then deleted.
     let app = spawn_app().await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let source = format!("echo {i}");
@@ -747,8 +730,7 @@ async fn a_lost_jobs_queue_is_refilled_from_the_log() {
 async fn readyz_and_metrics_show_the_job_backlog() {
     // No executor: a submitted job waits as a work item.
     let app = spawn_app().await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     submit(
         &app,
         &owner,
@@ -772,8 +754,7 @@ async fn readyz_and_metrics_show_the_job_backlog() {
 #[tokio::test]
 async fn output_with_nul_bytes_is_recorded_with_replacement_characters() {
     let app = app_running_jobs(1).await;
-    let owner = app.user().await;
-    let project = app.create_project(&owner).await;
+    let (owner, project) = owner_with_project(&app).await;
     let id = submit(
         &app,
         &owner,

@@ -479,12 +479,24 @@ impl JobDesk {
         };
         let id = job.to_string();
         let ctx = Self::context(job, &cause);
-        self.refusal_is_fine(
-            self.bus
-                .execute_unpositioned::<Job>(&id, command, &ctx)
-                .await,
-        )?;
-        self.settle(job, &cause).await?;
+        let failed = matches!(command, JobCommand::FailAttempt { .. });
+        let accepted = match self
+            .bus
+            .execute_unpositioned::<Job>(&id, command, &ctx)
+            .await
+        {
+            Ok(_) => true,
+            Err(CommandError::Rejected(refusal)) => {
+                tracing::debug!(%refusal, "job refused a report");
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // An accepted result is final; anything else may leave a failed
+        // attempt waiting for its retry-or-dead decision.
+        if failed || !accepted {
+            self.settle(job, &cause).await?;
+        }
         leases::release_attempt(&self.pool, job, attempt).await?;
         Ok(())
     }
