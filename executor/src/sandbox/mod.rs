@@ -606,7 +606,10 @@ impl RunGuard {
         } else {
             self.cgroups.sweep(spare)
         };
-        rest_empty && spare.is_none()
+        // An empty cgroup is not yet a gone tree: a killed init can still
+        // be a zombie waiting for its reaper. The run is over when no
+        // process of the slot's uid is left at all.
+        rest_empty && spare.is_none() && cgroup::sweep_uid(self.uid, None)
     }
 
     /// Remove what is left once the tree is gone; false to try again.
