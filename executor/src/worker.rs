@@ -67,7 +67,7 @@ impl ExecutorConfig {
     pub fn new(sandbox: SandboxConfig) -> Self {
         Self {
             concurrency: sandbox.max_concurrent,
-            claim_ahead: 1,
+            claim_ahead: sandbox.max_concurrent.max(1),
             heartbeat_interval: Duration::from_secs(5),
             claim_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),

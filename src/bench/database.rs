@@ -1,8 +1,6 @@
 //! The bench database: a throwaway database on the server of `DATABASE_URL`,
 //! dropped, created and migrated per run, and the guard on its name.
 
-use std::str::FromStr;
-
 use anyhow::{bail, Context};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -21,7 +19,7 @@ impl BenchDatabase {
     /// Drops any leftover of an earlier run, creates and migrates it.
     pub(super) async fn recreate(database_url: &str, name: &str) -> anyhow::Result<Self> {
         check_bench_name(name)?;
-        let server = PgConnectOptions::from_str(database_url)
+        let server = tandem_commands::db::connect_options(database_url)
             .context("parsing DATABASE_URL")?
             .disable_statement_logging();
         let db = Self {

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use sqlx::postgres::PgSslMode;
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -82,11 +83,24 @@ fn pgbench_command(
         .args(["-h", &host, "-p", &options.get_port().to_string()])
         .args(["-U", options.get_username(), db.name.as_str()])
         .kill_on_drop(true);
+    // The same transport as the system under test: TLS or not.
+    command.env("PGSSLMODE", ssl_mode_name(options.get_ssl_mode()));
     // Through the environment, not the command line, where `ps` shows it.
     if let Some(password) = url_password(&db.url) {
         command.env("PGPASSWORD", password);
     }
     command
+}
+
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
 }
 
 /// The decoded password of a `postgres://user:password@...` URL.

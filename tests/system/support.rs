@@ -4,7 +4,6 @@
 //! `NATS_URL` and `REDIS_URL`.
 
 use std::future::Future;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -42,7 +41,7 @@ pub fn nats_url() -> String {
 }
 
 pub fn server_options() -> PgConnectOptions {
-    PgConnectOptions::from_str(&database_url())
+    tandem_commands::db::connect_options(&database_url())
         .expect("DATABASE_URL parses")
         .database("postgres")
         .disable_statement_logging()
@@ -194,7 +193,7 @@ pub async fn fresh_database() -> String {
         }
     }
     admin.close().await.unwrap();
-    let options = PgConnectOptions::from_str(&database_url())
+    let options = tandem_commands::db::connect_options(&database_url())
         .unwrap()
         .database(&name);
     options.to_url_lossy().to_string()
