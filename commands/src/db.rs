@@ -32,10 +32,14 @@ impl Default for PoolConfig {
 /// costs both ends CPU (measured: several percent of a job's machinery)
 /// and protects nothing.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let named = std::env::var_os("PGSSLMODE").is_some();
+    parse_options(url, named)
+}
+
+/// [`connect_options`] with "a mode is named elsewhere" given.
+fn parse_options(url: &str, named_elsewhere: bool) -> Result<PgConnectOptions, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?;
-    let named = url.contains("sslmode=")
-        || url.contains("ssl-mode=")
-        || std::env::var_os("PGSSLMODE").is_some();
+    let named = named_elsewhere || url.contains("sslmode=") || url.contains("ssl-mode=");
     let local = options.get_socket().is_some() || is_loopback(options.get_host());
     Ok(if local && !named {
         options.ssl_mode(PgSslMode::Disable)
@@ -142,5 +146,45 @@ pub async fn lead(
             return Ok(conn);
         }
         tokio::time::sleep(standby).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(url: &str, named_elsewhere: bool) -> PgSslMode {
+        parse_options(url, named_elsewhere).unwrap().get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_without_a_named_mode_goes_in_the_clear() {
+        for url in [
+            "postgres://u@127.0.0.1:5432/db",
+            "postgres://u@localhost/db",
+            "postgres://u@[::1]:5432/db",
+            "postgres://u@localhost/db?host=/var/run/postgresql",
+        ] {
+            assert!(matches!(mode(url, false), PgSslMode::Disable), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_named_mode_or_a_remote_host_keeps_its_tls() {
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/db?sslmode=require", false),
+            PgSslMode::Require
+        ));
+        // PGSSLMODE is read by sqlx itself; here only its presence matters.
+        assert!(
+            !matches!(mode("postgres://u@127.0.0.1/db", true), PgSslMode::Disable)
+                || std::env::var("PGSSLMODE").as_deref() == Ok("disable")
+        );
+        assert!(
+            matches!(
+                mode("postgres://u@db.example.com/db", false),
+                PgSslMode::Prefer
+            ) || std::env::var_os("PGSSLMODE").is_some()
+        );
     }
 }
