@@ -13,8 +13,6 @@ use std::sync::Arc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use postgres_es::PostgresEventRepository;
-use sqlx::PgPool;
 use tandem_domain::file::File;
 use tandem_domain::job::Job;
 use tandem_domain::project::Project;
@@ -23,10 +21,10 @@ use tandem_domain::session::Session;
 use tandem_domain::user::User;
 use tandem_domain::{ProjectScoped, UserId};
 
-use crate::group_commit::GroupCommitRepository;
+use crate::event_store::BatchedEventStore;
 use crate::positions::{AppendNotifier, PositionWaiter};
 
-type PgStore<A> = PersistedEventStore<GroupCommitRepository<A>, A>;
+type PgStore<A> = PersistedEventStore<BatchedEventStore, A>;
 
 /// Lost optimistic-concurrency races are re-decided on fresh state this many
 /// times before the caller hears `Conflict`. Each retry waits a random
@@ -162,26 +160,24 @@ pub struct CommandBus {
     inner: Arc<Inner>,
 }
 
-fn store<A: Aggregate + 'static>(pool: &PgPool) -> PgStore<A> {
-    PersistedEventStore::new_event_store(GroupCommitRepository::new(PostgresEventRepository::new(
-        pool.clone(),
-    )))
+fn store<A: Aggregate>(events: &BatchedEventStore) -> PgStore<A> {
+    PersistedEventStore::new_event_store(events.clone())
 }
 
 impl CommandBus {
     pub fn new(
-        pool: &PgPool,
+        events: &BatchedEventStore,
         directory: Directory,
         notifier: AppendNotifier,
         positions: PositionWaiter,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                users: store(pool),
-                sessions: store(pool),
-                projects: store(pool),
-                files: store(pool),
-                jobs: store(pool),
+                users: store(events),
+                sessions: store(events),
+                projects: store(events),
+                files: store(events),
+                jobs: store(events),
                 unit: (),
                 directory,
                 notifier,

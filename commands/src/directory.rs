@@ -6,7 +6,6 @@
 use async_trait::async_trait;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::EventStore;
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 use tandem_domain::file::File;
 use tandem_domain::project::Project;
@@ -15,10 +14,12 @@ use tandem_domain::services::{
 };
 use tandem_domain::{FileId, ProjectId, UserId, WorkspaceId};
 
+use crate::event_store::BatchedEventStore;
+
 pub struct EventStoreDirectory {
     pool: PgPool,
-    projects: PersistedEventStore<PostgresEventRepository, Project>,
-    files: PersistedEventStore<PostgresEventRepository, File>,
+    projects: PersistedEventStore<BatchedEventStore, Project>,
+    files: PersistedEventStore<BatchedEventStore, File>,
     /// Workspace → project pointers already read. A pointer never changes
     /// once written, so remembering it is safe; it only says which project
     /// to ask, and the asking (the authorization) is never cached.
@@ -33,11 +34,10 @@ fn lookup(e: impl std::fmt::Display) -> LookupError {
 }
 
 impl EventStoreDirectory {
-    pub fn new(pool: PgPool) -> Self {
-        let repo = || PostgresEventRepository::new(pool.clone());
+    pub fn new(pool: PgPool, events: &BatchedEventStore) -> Self {
         Self {
-            projects: PersistedEventStore::new_event_store(repo()),
-            files: PersistedEventStore::new_event_store(repo()),
+            projects: PersistedEventStore::new_event_store(events.clone()),
+            files: PersistedEventStore::new_event_store(events.clone()),
             pointers: moka::sync::Cache::new(POINTER_CACHE_ENTRIES),
             pool,
         }

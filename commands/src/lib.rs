@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`db`]: connecting, creating the database, running migrations.
 //! - [`bus`]: [`CommandBus`] loads an aggregate from the Postgres event
-//!   store (postgres-es), runs the command, appends the events with
-//!   per-aggregate optimistic concurrency and stamps their metadata.
+//!   store, runs the command, appends the events with per-aggregate
+//!   optimistic concurrency and stamps their metadata.
+//! - [`event_store`]: the event repository under the bus; concurrent
+//!   commands share their loads and their appends (group commit).
 //! - [`sequencer`]: gives every committed event its log position.
 //! - [`positions`]: wakes the sequencer after appends and lets a command
 //!   wait (bounded) for its events' positions.
@@ -21,10 +23,11 @@
 //!   in order, and refills the stream when it lost its tail.
 
 pub mod accounts;
+mod batcher;
 pub mod bus;
 pub mod db;
 pub mod directory;
-pub mod group_commit;
+pub mod event_store;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use crate::accounts::Accounts;
 use crate::bus::CommandBus;
 use crate::directory::EventStoreDirectory;
+use crate::event_store::BatchedEventStore;
 use crate::idempotency::IdempotencyStore;
 use crate::passwords::PasswordHasher;
 use crate::positions::{AppendNotifier, PositionWaiter};
@@ -49,10 +50,11 @@ impl WriteSide {
     /// Spawns the write side's background tasks (append notifier, position
     /// listener) on the current runtime.
     pub async fn start(pool: PgPool, config: &WriteSideConfig) -> Result<Self, sqlx::Error> {
-        let directory = Arc::new(EventStoreDirectory::new(pool.clone()));
+        let events = BatchedEventStore::new(&pool);
+        let directory = Arc::new(EventStoreDirectory::new(pool.clone(), &events));
         let notifier = AppendNotifier::spawn(pool.clone());
         let positions = PositionWaiter::spawn(pool.clone(), config.position_wait).await?;
-        let bus = CommandBus::new(&pool, directory.clone(), notifier.clone(), positions);
+        let bus = CommandBus::new(&events, directory.clone(), notifier.clone(), positions);
         let hasher = PasswordHasher::new(config.hash_concurrency);
         Ok(Self {
             accounts: Accounts::new(pool.clone(), bus.clone(), hasher),
