@@ -40,12 +40,12 @@ use crate::batcher::{BatchLimits, Batcher};
 /// clients, 1–2 flushes in flight beat 4 or 8. Two keep one slow batch
 /// from stalling everyone.
 const APPEND_LIMITS: BatchLimits = BatchLimits {
-    parallel: 2,
+    parallel: 1,
     max_weight: 256,
 };
 /// Streams read by one `SELECT` at most.
 const LOAD_LIMITS: BatchLimits = BatchLimits {
-    parallel: 2,
+    parallel: 1,
     max_weight: 128,
 };
 
