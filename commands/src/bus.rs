@@ -304,7 +304,8 @@ impl CommandBus {
             }
             let metadata = metadata(ctx, context.aggregate().project_id());
             if positioned {
-                subscription = Some(self.inner.positions.subscribe());
+                let last = current + events.len() as u64;
+                subscription = Some(self.inner.positions.subscribe(id, last));
             }
             // The events are applied already (the sink applies as it
             // writes): this is the state the commit makes true. Only the
@@ -337,10 +338,11 @@ impl CommandBus {
             None
         } else {
             let recorded_earlier = appended == 0;
-            let subscription = subscription.unwrap_or_else(|| self.inner.positions.subscribe());
+            let subscription =
+                subscription.unwrap_or_else(|| self.inner.positions.subscribe(id, version));
             self.inner
                 .positions
-                .wait_for(subscription, A::TYPE, id, version, recorded_earlier)
+                .wait_for(subscription, A::TYPE, recorded_earlier)
                 .await
                 .map_err(|e| CommandError::Unavailable(Box::new(e)))?
         };

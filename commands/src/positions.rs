@@ -9,18 +9,19 @@
 //!   so a burst of commits costs one NOTIFY in flight.
 //! * [`PositionWaiter`]: a command waits, bounded, until its last event has
 //!   a position. The sequencer's `tandem_sequenced` notifications list the
-//!   events it numbered, so a waiter that subscribed before its commit
-//!   learns its position from them; it asks the database only when it fell
-//!   behind or nothing came for a while.
+//!   events it numbered; one listener reads each once and wakes exactly the
+//!   waiters it names, which registered before their commit. A waiter asks
+//!   the database only when a notification could not list its events or
+//!   nothing came for a while.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 pub const APPENDED_CHANNEL: &str = "tandem_appended";
@@ -29,9 +30,6 @@ pub const SEQUENCED_CHANNEL: &str = "tandem_sequenced";
 /// Re-check interval when no notification arrives (lost notification,
 /// listener reconnecting).
 const FALLBACK_POLL: Duration = Duration::from_millis(200);
-
-/// Batches a slow waiter may fall behind before it re-asks the database.
-const BATCH_BACKLOG: usize = 4096;
 
 #[derive(Clone)]
 pub struct AppendNotifier {
@@ -139,31 +137,110 @@ impl Sequenced {
     }
 }
 
-/// Taken before a command commits, so no notification about its events can
-/// slip by between the commit and the wait.
-pub struct Subscription(broadcast::Receiver<Arc<Sequenced>>);
+/// What the listener tells one waiter.
+enum Heard {
+    At(i64),
+    /// A notification too big to list its events came, or the listener
+    /// lost its connection: look in the database.
+    AskDatabase,
+}
+
+/// Waiters by aggregate id, then sequence: a notification wakes only the
+/// commands it numbered, not every command in flight.
+#[derive(Default)]
+struct Waiting(Mutex<HashMap<String, Vec<Waiter>>>);
+
+/// The sequence waited for, and where to say its position.
+type Waiter = (u64, oneshot::Sender<Heard>);
+
+impl Waiting {
+    fn register(&self, aggregate_id: &str, sequence: u64) -> oneshot::Receiver<Heard> {
+        let (tx, rx) = oneshot::channel();
+        let mut map = self.0.lock().expect("waiters poisoned");
+        map.entry(aggregate_id.to_owned())
+            .or_default()
+            .push((sequence, tx));
+        rx
+    }
+
+    fn deliver(&self, batch: &Sequenced) {
+        let mut map = self.0.lock().expect("waiters poisoned");
+        if batch.is_unlisted() {
+            for (_, waiters) in map.drain() {
+                for (_, tx) in waiters {
+                    let _ = tx.send(Heard::AskDatabase);
+                }
+            }
+            return;
+        }
+        for (i, (id, sequence)) in batch.events.iter().enumerate() {
+            let Some(waiters) = map.get_mut(id.as_str()) else {
+                continue;
+            };
+            let position = batch.first + i as i64;
+            let mut k = 0;
+            while k < waiters.len() {
+                if waiters[k].0 == *sequence {
+                    let (_, tx) = waiters.swap_remove(k);
+                    let _ = tx.send(Heard::At(position));
+                } else {
+                    k += 1;
+                }
+            }
+            if waiters.is_empty() {
+                map.remove(id.as_str());
+            }
+        }
+    }
+
+    /// Forgets waiters that went away (their command failed or was dropped).
+    fn forget_closed(&self, aggregate_id: &str) {
+        let mut map = self.0.lock().expect("waiters poisoned");
+        if let Some(waiters) = map.get_mut(aggregate_id) {
+            waiters.retain(|(_, tx)| !tx.is_closed());
+            if waiters.is_empty() {
+                map.remove(aggregate_id);
+            }
+        }
+    }
+}
+
+/// Taken before a command commits, for the sequence its last event will
+/// have, so the notification that numbers it cannot slip by between the
+/// commit and the wait. Dropped unused (the commit failed), it unregisters.
+pub struct Subscription {
+    aggregate_id: String,
+    sequence: u64,
+    heard: oneshot::Receiver<Heard>,
+    waiting: Arc<Waiting>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.heard.close();
+        self.waiting.forget_closed(&self.aggregate_id);
+    }
+}
 
 #[derive(Clone)]
 pub struct PositionWaiter {
     pool: PgPool,
-    batches: broadcast::Sender<Arc<Sequenced>>,
+    waiting: Arc<Waiting>,
     timeout: Duration,
 }
 
 impl PositionWaiter {
     /// Spawns the `tandem_sequenced` listener. `timeout` bounds every wait.
     pub async fn spawn(pool: PgPool, timeout: Duration) -> Result<Self, sqlx::Error> {
-        let (batches, _) = broadcast::channel(BATCH_BACKLOG);
+        let waiting = Arc::new(Waiting::default());
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(SEQUENCED_CHANNEL).await?;
-        let tx = batches.clone();
+        let delivering = waiting.clone();
         tokio::spawn(async move {
             loop {
                 match listener.recv().await {
                     Ok(n) => match Sequenced::parse(n.payload()) {
-                        Some(batch) => {
-                            let _ = tx.send(Arc::new(batch));
-                        }
+                        Some(batch) => delivering.deliver(&batch),
                         None => tracing::warn!(payload = n.payload(), "unreadable notification"),
                     },
                     // The process is shutting down.
@@ -179,13 +256,20 @@ impl PositionWaiter {
         });
         Ok(Self {
             pool,
-            batches,
+            waiting,
             timeout,
         })
     }
 
-    pub fn subscribe(&self) -> Subscription {
-        Subscription(self.batches.subscribe())
+    /// Waits for event `sequence` of `aggregate_id` (of any type: ids are
+    /// UUIDs, unique across types).
+    pub fn subscribe(&self, aggregate_id: &str, sequence: u64) -> Subscription {
+        Subscription {
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
+            heard: self.waiting.register(aggregate_id, sequence),
+            waiting: self.waiting.clone(),
+        }
     }
 
     async fn lookup(
@@ -205,22 +289,21 @@ impl PositionWaiter {
         .await
     }
 
-    /// The log position of event `sequence` of the aggregate, waiting up to
+    /// The log position of the event `subscription` names, waiting up to
     /// the configured bound for the sequencer; `None` when it did not come.
     /// `recorded_earlier`: the event was not appended under `subscription`
     /// (a command that changed nothing), so ask the database first.
     pub async fn wait_for(
         &self,
-        subscription: Subscription,
+        mut subscription: Subscription,
         aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: u64,
         recorded_earlier: bool,
     ) -> Result<Option<i64>, sqlx::Error> {
-        let Subscription(mut batches) = subscription;
         let deadline = Instant::now() + self.timeout;
+        let id = subscription.aggregate_id.clone();
+        let sequence = subscription.sequence;
         if recorded_earlier {
-            if let Some(position) = self.lookup(aggregate_type, aggregate_id, sequence).await? {
+            if let Some(position) = self.lookup(aggregate_type, &id, sequence).await? {
                 return Ok(Some(position));
             }
         }
@@ -230,20 +313,16 @@ impl PositionWaiter {
                 return Ok(None);
             }
             let nap = (deadline - now).min(FALLBACK_POLL);
-            match tokio::time::timeout(nap, batches.recv()).await {
-                Ok(Ok(batch)) => {
-                    if let Some(position) = batch.position_of(aggregate_id, sequence) {
-                        return Ok(Some(position));
-                    }
-                    if !batch.is_unlisted() {
-                        continue;
-                    }
+            match tokio::time::timeout(nap, &mut subscription.heard).await {
+                Ok(Ok(Heard::At(position))) => return Ok(Some(position)),
+                // Told to look, or nothing came for a while: look, and
+                // listen again if it is not there yet.
+                Ok(Ok(Heard::AskDatabase)) | Ok(Err(_)) => {
+                    subscription = self.subscribe(&id, sequence);
                 }
-                Ok(Err(RecvError::Closed)) => tokio::time::sleep(nap).await,
-                // Fell behind, or nothing came: ask the database.
-                Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                Err(_) => {}
             }
-            if let Some(position) = self.lookup(aggregate_type, aggregate_id, sequence).await? {
+            if let Some(position) = self.lookup(aggregate_type, &id, sequence).await? {
                 return Ok(Some(position));
             }
         }
@@ -252,7 +331,47 @@ impl PositionWaiter {
 
 #[cfg(test)]
 mod tests {
-    use super::Sequenced;
+    use super::{Heard, Sequenced, Waiting};
+
+    fn heard(rx: &mut tokio::sync::oneshot::Receiver<Heard>) -> Option<Option<i64>> {
+        match rx.try_recv() {
+            Ok(Heard::At(p)) => Some(Some(p)),
+            Ok(Heard::AskDatabase) => Some(None),
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn a_notification_wakes_exactly_the_waiters_it_names() {
+        let waiting = Waiting::default();
+        let mut a2 = waiting.register("a", 2);
+        let mut a3 = waiting.register("a", 3);
+        let mut b1 = waiting.register("b", 1);
+        waiting.deliver(&Sequenced::parse("40 a/2,c/9,b/1").unwrap());
+        assert_eq!(heard(&mut a2), Some(Some(40)));
+        assert_eq!(heard(&mut b1), Some(Some(42)));
+        assert_eq!(heard(&mut a3), None, "a/3 was not in the batch");
+        waiting.deliver(&Sequenced::parse("43").unwrap());
+        assert_eq!(
+            heard(&mut a3),
+            Some(None),
+            "a bare batch sends it to the database"
+        );
+        assert!(waiting.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_waiter_that_went_away_is_forgotten() {
+        let waiting = Waiting::default();
+        let mut kept = waiting.register("a", 1);
+        let mut gone = waiting.register("a", 2);
+        gone.close();
+        waiting.forget_closed("a");
+        assert_eq!(waiting.0.lock().unwrap()["a"].len(), 1);
+        waiting.deliver(&Sequenced::parse("7 a/1").unwrap());
+        assert_eq!(heard(&mut kept), Some(Some(7)));
+        assert!(waiting.0.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn notifications_list_events_in_position_order() {

@@ -554,9 +554,9 @@ impl Watch {
 
 /// What Postgres knows of an event's times, in wall µs. The commit of its
 /// transaction lies between `last_insert_us` (the transaction's last
-/// INSERT: group commit writes a batch of events, one INSERT each, then
-/// commits) and `first_sequenced_us` (the sequencer only sees committed
-/// events).
+/// row's INSERT time: group commit writes a batch of events in one
+/// multi-row INSERT, then commits) and `first_sequenced_us` (the
+/// sequencer only sees committed events).
 struct Logged {
     position: i64,
     /// Its `recorded_at`: `clock_timestamp()` at its INSERT.
