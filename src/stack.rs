@@ -39,6 +39,8 @@ pub struct Endpoints {
 pub struct Connections {
     pub pool: PgPool,
     pub redis: redis::aio::ConnectionManager,
+    /// For the subscriptions a connection manager cannot carry.
+    pub redis_client: redis::Client,
     pub nats: async_nats::Client,
 }
 
@@ -72,13 +74,19 @@ pub async fn connect(endpoints: &Endpoints) -> anyhow::Result<Connections> {
         .set_response_timeout(Some(Duration::from_secs(1)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(200));
-    let redis = redis::Client::open(endpoints.redis_url.as_str())
-        .context("parsing REDIS_URL")?
+    let redis_client =
+        redis::Client::open(endpoints.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let redis = redis_client
         .get_connection_manager_with_config(redis_config)
         .await
         .context("connecting to Redis")?;
     let nats = connect_nats(&endpoints.nats_url).await?;
-    Ok(Connections { pool, redis, nats })
+    Ok(Connections {
+        pool,
+        redis,
+        redis_client,
+        nats,
+    })
 }
 
 /// NATS may come up after us: keep retrying in the background, and let
@@ -198,7 +206,13 @@ impl Stack {
             cache,
             min_position_wait: options.write.position_wait,
         };
-        let redis = RedisState::new(connections.redis, &options.gateway.namespace);
+        let jwt = &options.gateway.jwt;
+        let redis = RedisState::new(
+            connections.redis_client,
+            connections.redis,
+            &options.gateway.namespace,
+            jwt.access_ttl + jwt.leeway,
+        );
         let state = AppState::new(Shared {
             write,
             read,

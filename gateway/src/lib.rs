@@ -13,18 +13,21 @@
 //! - [`error`], [`rejections`], [`extract`], [`reply`]: problem+json, the
 //!   domain-error → HTTP mapping, extractors, command answers.
 //! - [`rate_limit`], [`idempotency`], [`redis_keys`]: middleware and the
-//!   Redis state behind them.
+//!   Redis state behind them; [`quota`] and [`denylist`], the local lease
+//!   and copy that spare most requests the Redis round trip.
 //! - [`ops`], [`telemetry`], [`openapi`]: health, metrics, logs, OpenAPI.
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod denylist;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;
 pub mod ops;
 pub mod queries;
+pub mod quota;
 pub mod rate_limit;
 pub mod read;
 pub mod realtime;

@@ -1,5 +1,6 @@
 //! Rate-limit middleware. Counters live in Redis, so limits hold across
-//! every gateway instance. Auth endpoints count per client address; other
+//! every gateway instance; each gateway counts from a local lease of a
+//! window's requests ([`crate::quota`]) and asks Redis once per chunk. Auth endpoints count per client address; other
 //! API endpoints count per user (per address when anonymous). Every answer
 //! carries `RateLimit-Limit/Remaining/Reset`; over the limit is a 429
 //! problem with `Retry-After`. If Redis is down the request goes through
@@ -71,8 +72,9 @@ pub async fn per_address(State(state): State<AppState>, req: Request, next: Next
 }
 
 /// Per user when the bearer token verifies, else per address. For a user,
-/// the same Redis round trip also checks the token against the denylist
-/// and hands the answer to the [`crate::auth::caller::Caller`] extractor.
+/// the token is checked against the denylist here too (in the same Redis
+/// round trip when both need one) and the answer handed to the
+/// [`crate::auth::caller::Caller`] extractor.
 pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let limit = state.config.rate_limits.api_per_user;
     let verdict = match bearer(req.headers()).and_then(|t| state.jwt.verify(t)) {

@@ -1,21 +1,30 @@
 //! What the gateway keeps in Redis, under the deployment's namespace so
 //! several deployments (and tests) share one server without colliding:
 //! rate-limit windows, and the denylist of revoked access tokens and
-//! sessions (until the tokens would have expired anyway).
+//! sessions (until the tokens would have expired anyway). Requests are
+//! counted from a local lease of the window ([`crate::quota`]) and checked
+//! against a local copy of the denylist ([`crate::denylist`]) whenever
+//! those can answer, so most requests cost Redis nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError, Script};
 
+use crate::denylist::Denylist;
 use crate::error::ApiError;
+use crate::quota::{self, Leases};
 
 const WINDOW_MS: u64 = 60_000;
 
-/// Fixed one-minute windows: INCR, set the expiry on the first hit, and
-/// return the count and time left, atomically.
+/// Fixed one-minute windows: add a lease of ARGV[2] requests, set the
+/// expiry on the window's first lease, and return the count and time
+/// left, atomically.
 const HIT: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 return {n, ttl}
 ";
@@ -23,8 +32,8 @@ return {n, ttl}
 /// The same, and in the same round trip whether any of the further keys
 /// (the caller's denylist entries) exists.
 const HIT_AND_CHECK: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 local denied = 0
 if #KEYS > 1 then denied = redis.call('EXISTS', unpack(KEYS, 2)) end
@@ -42,7 +51,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn of(limit: u32, count: u64, ttl_ms: i64) -> Self {
+    pub(crate) fn of(limit: u32, count: u64, ttl_ms: i64) -> Self {
         Self {
             limit,
             remaining: (u64::from(limit).saturating_sub(count)) as u32,
@@ -84,15 +93,30 @@ pub struct RedisState {
     prefix: String,
     hit: Script,
     hit_and_check: Script,
+    leases: Arc<Leases>,
+    denylist: Arc<Denylist>,
+}
+
+fn ttl(ttl_ms: i64) -> Duration {
+    Duration::from_millis(ttl_ms.max(0) as u64)
 }
 
 impl RedisState {
-    pub fn new(redis: ConnectionManager, namespace: &str) -> Self {
+    /// `client` opens the denylist's subscription; `keep` is how long a
+    /// revocation can matter (the longest an access token lives).
+    pub fn new(
+        client: redis::Client,
+        redis: ConnectionManager,
+        namespace: &str,
+        keep: Duration,
+    ) -> Self {
         Self {
             redis,
             prefix: namespace.to_owned(),
             hit: Script::new(HIT),
             hit_and_check: Script::new(HIT_AND_CHECK),
+            leases: Arc::default(),
+            denylist: Denylist::spawn(client, namespace, keep),
         }
     }
 
@@ -111,17 +135,23 @@ impl RedisState {
         subject: &str,
         limit: u32,
     ) -> Result<Verdict, RedisError> {
+        let key = self.rate_key(policy, subject);
+        if let Some(verdict) = self.leases.take(&key, limit) {
+            return Ok(verdict);
+        }
+        let chunk = quota::chunk(limit);
         let (count, ttl_ms): (u64, i64) = self
             .hit
-            .key(self.rate_key(policy, subject))
+            .key(&key)
             .arg(WINDOW_MS)
+            .arg(chunk)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(Verdict::of(limit, count, ttl_ms))
+        Ok(self.leases.grant(&key, limit, chunk, count, ttl(ttl_ms)))
     }
 
-    /// [`Self::hit`] and [`Self::is_denied`] in one round trip, for the
-    /// requests of an authenticated user.
+    /// [`Self::hit`] and [`Self::is_denied`], in one round trip when both
+    /// need Redis, for the requests of an authenticated user.
     pub async fn hit_and_check(
         &self,
         policy: &str,
@@ -130,42 +160,63 @@ impl RedisState {
         jti: &str,
         sid: &str,
     ) -> Result<(Verdict, bool), RedisError> {
+        let deny = self.deny_keys(jti, sid);
+        if let Some(denied) = self.denylist.check(&deny) {
+            return Ok((self.hit(policy, subject, limit).await?, denied));
+        }
+        let key = self.rate_key(policy, subject);
+        let chunk = quota::chunk(limit);
         let (count, ttl_ms, denied): (u64, i64, u32) = self
             .hit_and_check
-            .key(self.rate_key(policy, subject))
-            .key(self.deny_key("jti", jti))
-            .key(self.deny_key("sid", sid))
+            .key(&key)
+            .key(&deny[0])
+            .key(&deny[1])
             .arg(WINDOW_MS)
+            .arg(chunk)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok((Verdict::of(limit, count, ttl_ms), denied > 0))
+        let verdict = self.leases.grant(&key, limit, chunk, count, ttl(ttl_ms));
+        Ok((verdict, denied > 0))
     }
 
     fn deny_key(&self, kind: &str, id: &str) -> String {
         format!("{}:deny:{kind}:{id}", self.prefix)
     }
 
+    fn deny_keys(&self, jti: &str, sid: &str) -> [String; 2] {
+        [self.deny_key("jti", jti), self.deny_key("sid", sid)]
+    }
+
+    /// Records `key` in Redis for `ttl_secs` and tells every gateway.
+    async fn deny(&self, key: String, ttl_secs: u64) -> Result<(), RedisError> {
+        redis::pipe()
+            .atomic()
+            .set_ex(&key, 1, ttl_secs.max(1))
+            .ignore()
+            .publish(self.denylist.channel(), &key)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        self.denylist.add(key);
+        Ok(())
+    }
+
     /// Refuses the access token `jti` for `ttl_secs` (its remaining life).
     pub async fn deny_token(&self, jti: &str, ttl_secs: u64) -> Result<(), RedisError> {
-        let key = self.deny_key("jti", jti);
-        self.redis
-            .clone()
-            .set_ex::<_, _, ()>(key, 1, ttl_secs.max(1))
-            .await
+        self.deny(self.deny_key("jti", jti), ttl_secs).await
     }
 
     /// Refuses every access token of session `sid` for `ttl_secs` (the
     /// longest an access token lives).
     pub async fn deny_session(&self, sid: &str, ttl_secs: u64) -> Result<(), RedisError> {
-        let key = self.deny_key("sid", sid);
-        self.redis
-            .clone()
-            .set_ex::<_, _, ()>(key, 1, ttl_secs.max(1))
-            .await
+        self.deny(self.deny_key("sid", sid), ttl_secs).await
     }
 
     pub async fn is_denied(&self, jti: &str, sid: &str) -> Result<bool, RedisError> {
-        let keys = [self.deny_key("jti", jti), self.deny_key("sid", sid)];
+        let keys = self.deny_keys(jti, sid);
+        if let Some(denied) = self.denylist.check(&keys) {
+            return Ok(denied);
+        }
         let n: u32 = self.redis.clone().exists(&keys).await?;
         Ok(n > 0)
     }

@@ -434,6 +434,36 @@ async fn logout_revokes_the_access_token_and_the_refresh_token_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_gateway_is_refused_by_the_others_too() {
+    let first = spawn_app().await;
+    let namespace = first.namespace.clone();
+    let second = spawn_app_with(|o| o.gateway.namespace = namespace).await;
+    let user = first.user().await;
+    // The second gateway knows the token (same key, same namespace); its
+    // own database does not know the user, which does not matter here.
+    let before = me(&second, &user.access).await.status();
+    assert_ne!(
+        before, 401,
+        "the second gateway took the token before logout"
+    );
+    assert_eq!(
+        logout(&first, &user.access, &user.refresh).await.status(),
+        204
+    );
+    // The revocation reaches the other gateway's copy of the denylist by
+    // Redis pub/sub: a moment, never more than a bound.
+    let mut status = me(&second, &user.access).await;
+    for _ in 0..20 {
+        if status.status() == 401 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        status = me(&second, &user.access).await;
+    }
+    problem(status, 401, "token_revoked").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_with_someone_elses_refresh_token_is_refused_and_harms_nobody() {
     let app = spawn_app().await;
     let alice = app.user().await;

@@ -1,7 +1,9 @@
 //! [`Caller`]: the authenticated user of a request. Verifies the bearer
 //! token (or takes the one the rate limiter already verified), then checks
-//! the Redis denylist so a logged-out token stops working at once. Redis
-//! down means 503: without the denylist we cannot know a token is live.
+//! the denylist so a logged-out token stops working at once: the
+//! gateway's local copy while its subscription to revocations lives
+//! ([`crate::denylist`]), else Redis. Neither available means 503: without
+//! the denylist we cannot know a token is live.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;

@@ -1,0 +1,98 @@
+//! [`Denylist`]: this gateway's copy of the revoked access tokens and
+//! sessions, so a request checks revocation without a Redis round trip.
+//!
+//! Redis stays the record: a revocation is `SET deny:<kind>:<id>` and then
+//! a `PUBLISH` of that key on the deployment's revocations channel, and
+//! the revoking gateway also adds it to its own copy at once. Every
+//! gateway subscribes, and only once subscribed copies the keys already
+//! in Redis (`SCAN`), so nothing revoked before or during the subscribing
+//! is missed. The copy is trusted only while that subscription lives;
+//! otherwise (connecting, or Redis gone) callers ask Redis per request,
+//! as they would without a copy, and fail closed if it does not answer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+
+/// Pause before re-subscribing after the subscription broke.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+pub struct Denylist {
+    /// Full deny keys. An entry outlives its Redis key (which lasts as
+    /// long as the tokens it refuses could): refusing an expired token
+    /// longer changes nothing.
+    keys: moka::sync::Cache<String, ()>,
+    synced: AtomicBool,
+    channel: String,
+    pattern: String,
+}
+
+impl Denylist {
+    /// Starts following `channel` on `client`; `keep` bounds how long an
+    /// entry is kept (the longest an access token lives, plus leeway).
+    pub fn spawn(client: redis::Client, prefix: &str, keep: Duration) -> Arc<Self> {
+        let list = Arc::new(Self {
+            keys: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(keep)
+                .build(),
+            synced: AtomicBool::new(false),
+            channel: format!("{prefix}:revocations"),
+            pattern: format!("{prefix}:deny:*"),
+        });
+        let weak = Arc::downgrade(&list);
+        tokio::spawn(async move {
+            loop {
+                let Some(list) = weak.upgrade() else { return };
+                if let Err(e) = list.follow(&client).await {
+                    tracing::debug!(error = %e, "revocations subscription broke");
+                }
+                list.synced.store(false, Ordering::Release);
+                drop(list);
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+            }
+        });
+        list
+    }
+
+    async fn follow(&self, client: &redis::Client) -> redis::RedisResult<()> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&self.channel).await?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut existing: redis::AsyncIter<String> = conn.scan_match(&self.pattern).await?;
+        while let Some(key) = existing.next_item().await {
+            self.keys.insert(key?, ());
+        }
+        drop(existing);
+        drop(conn);
+        self.synced.store(true, Ordering::Release);
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(key) = message.get_payload::<String>() {
+                self.keys.insert(key, ());
+            }
+        }
+        Ok(())
+    }
+
+    /// The channel a revocation is published on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Records a revocation this gateway made.
+    pub fn add(&self, key: String) {
+        self.keys.insert(key, ());
+    }
+
+    /// Whether any of `keys` is revoked, if the copy can say; `None`: ask
+    /// Redis.
+    pub fn check(&self, keys: &[String]) -> Option<bool> {
+        self.synced
+            .load(Ordering::Acquire)
+            .then(|| keys.iter().any(|k| self.keys.contains_key(k)))
+    }
+}
