@@ -1,10 +1,12 @@
 //! Rate-limit middleware. Counters live in Redis, so limits hold across
 //! every gateway instance; each gateway counts from a local lease of a
-//! window's requests ([`crate::quota`]) and asks Redis once per chunk. Auth endpoints count per client address; other
-//! API endpoints count per user (per address when anonymous). Every answer
-//! carries `RateLimit-Limit/Remaining/Reset`; over the limit is a 429
-//! problem with `Retry-After`. If Redis is down the request goes through
-//! unlimited (logged): limits protect the service, they must not stop it.
+//! window's requests ([`crate::quota`]) and asks Redis once per chunk.
+//! Auth endpoints count per client address; other API endpoints count per
+//! user (per address when anonymous). Every answer carries
+//! `RateLimit-Limit/Remaining/Reset`; over the limit is a 429 problem with
+//! `Retry-After`. If Redis is down the request goes through unlimited
+//! (logged) once its lease is spent: limits protect the service, they must
+//! not stop it.
 
 use std::net::SocketAddr;
 
