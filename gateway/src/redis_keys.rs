@@ -165,6 +165,10 @@ impl RedisState {
             return Ok((self.hit(policy, subject, limit).await?, denied));
         }
         let key = self.rate_key(policy, subject);
+        if let Some(verdict) = self.leases.take(&key, limit) {
+            let n: u32 = self.redis.clone().exists(&deny).await?;
+            return Ok((verdict, n > 0));
+        }
         let chunk = quota::chunk(limit);
         let (count, ttl_ms, denied): (u64, i64, u32) = self
             .hit_and_check
