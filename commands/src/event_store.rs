@@ -258,18 +258,24 @@ impl EventRow {
     }
 }
 
+/// Queues the request `item` builds around its answer channel, and waits
+/// for the answer.
+async fn ask<I: Send + 'static, T>(
+    batcher: &Batcher<I>,
+    item: impl FnOnce(Answer<T>) -> I,
+) -> Result<T, PersistenceError> {
+    let (done, answer) = oneshot::channel();
+    batcher.push(item(done)).map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
 impl PersistedEventRepository for BatchedEventStore {
     async fn get_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let (done, answer) = oneshot::channel();
-        let load = Load {
-            stream: (A::TYPE.to_owned(), aggregate_id.to_owned()),
-            done,
-        };
-        self.loads.push(load).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let stream = (A::TYPE.to_owned(), aggregate_id.to_owned());
+        ask(&self.loads, |done| Load { stream, done }).await
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -300,13 +306,8 @@ impl PersistedEventRepository for BatchedEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let (done, answer) = oneshot::channel();
-        let append = Append {
-            events: events.to_vec(),
-            done,
-        };
-        self.appends.push(append).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let events = events.to_vec();
+        ask(&self.appends, |done| Append { events, done }).await
     }
 
     async fn stream_events<A: Aggregate>(
