@@ -112,6 +112,11 @@ pub struct Http {
     /// Argon2 hashes at once (default: half the cores).
     #[arg(long, env = "TANDEM_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
+    /// The share of time (percent) each hashing thread may spend hashing;
+    /// the rest protects other requests from a login storm.
+    #[arg(long, env = "TANDEM_HASH_DUTY_PERCENT", default_value_t = tandem_commands::passwords::DEFAULT_DUTY_PERCENT,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub hash_duty_percent: u8,
     /// WebSocket frames queued per connection before it is cut off as a
     /// slow consumer (close 1013).
     #[arg(long, env = "TANDEM_WS_OUTBOX_FRAMES", default_value_t = 1024)]
@@ -290,6 +295,7 @@ impl Http {
         let mut config = tandem_commands::WriteSideConfig {
             position_wait: Duration::from_millis(self.position_wait_ms),
             session_ttl: Duration::from_secs(self.session_ttl_secs.max(60)),
+            hash_duty_percent: self.hash_duty_percent,
             ..Default::default()
         };
         if let Some(n) = self.hash_concurrency {

@@ -232,6 +232,12 @@ impl Relay {
 
     /// Publishes everything after `checkpoint`, then waits for more, until
     /// the stream disagrees or something fails.
+    ///
+    /// One round's acks are awaited while the next round is read, so the
+    /// database read costs a busy relay no latency, and the checkpoint is
+    /// written off that path: at most every [`CHECKPOINT_EVERY`], busy or
+    /// idle. A checkpoint that trails what the stream holds only makes a
+    /// restart republish what de-duplication absorbs.
     async fn publish_from(
         &self,
         conn: &mut PgConnection,
@@ -240,9 +246,34 @@ impl Relay {
     ) -> Interrupted {
         let stream = self.names.events_stream();
         let mut jobs_checked = tokio::time::Instant::now();
+        let mut saved = Saved {
+            position: checkpoint,
+            at: tokio::time::Instant::now(),
+        };
+        let mut in_flight: Option<Round> = None;
         loop {
-            let events = match log::read_after(&mut *conn, checkpoint, self.config.batch_size).await
-            {
+            let sent = in_flight.as_ref().map_or(checkpoint, |r| r.last);
+            let read = log::read_after(&mut *conn, sent, self.config.batch_size);
+            let settle = async {
+                match in_flight.take() {
+                    Some(round) => Some(round.settle().await),
+                    None => None,
+                }
+            };
+            let (events, settled) = tokio::join!(read, settle);
+            if let Some((acked, interrupted)) = settled {
+                checkpoint = checkpoint.max(acked);
+                metrics::gauge!("tandem_relay_position").set(checkpoint as f64);
+                if let Some(interrupted) = interrupted {
+                    // What was read after the failed round is dropped: the
+                    // next round starts again from the checkpoint.
+                    return match saved.save(conn, &stream, checkpoint).await {
+                        Ok(()) => interrupted,
+                        Err(e) => e.into(),
+                    };
+                }
+            }
+            let events = match events {
                 Ok(events) => events,
                 Err(e) => return e.into(),
             };
@@ -255,6 +286,8 @@ impl Relay {
                         return Interrupted::Failed(e);
                     }
                 }
+                let dirty = saved.position != checkpoint;
+                let mut checkpoint_due = false;
                 tokio::select! {
                     n = listener.recv() => {
                         if let Err(e) = n {
@@ -263,31 +296,37 @@ impl Relay {
                         while listener.next_buffered().is_some() {}
                     }
                     () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep_until(saved.at + CHECKPOINT_EVERY), if dirty => {
+                        checkpoint_due = true;
+                    }
+                }
+                if checkpoint_due {
+                    if let Err(e) = saved.save(conn, &stream, checkpoint).await {
+                        return e.into();
+                    }
                 }
                 continue;
             }
-            let (acked, interrupted) = self.publish(&events).await;
-            if acked > checkpoint {
-                checkpoint = acked;
-                if let Err(e) = save_checkpoint(&mut *conn, &stream, checkpoint).await {
+            if saved.at.elapsed() >= CHECKPOINT_EVERY {
+                if let Err(e) = saved.save(conn, &stream, checkpoint).await {
                     return e.into();
                 }
-                metrics::gauge!("tandem_relay_position").set(checkpoint as f64);
             }
-            if let Some(interrupted) = interrupted {
-                return interrupted;
-            }
+            in_flight = Some(self.send(&events).await);
         }
     }
 
-    /// Publishes `events` (consecutive positions), pipelined, and returns
-    /// the last position the stream acknowledged, plus why it stopped early.
-    async fn publish(&self, events: &[LoggedEvent]) -> (i64, Option<Interrupted>) {
+    /// Sends `events` (consecutive positions) without waiting for the
+    /// stream's acks: [`Round::settle`] collects them.
+    async fn send(&self, events: &[LoggedEvent]) -> Round {
         let max_payload = self.js.client().server_info().max_payload;
-        let mut pending = Vec::with_capacity(events.len());
-        let mut work = Vec::new();
-        let mut acked = events[0].position - 1;
-        let mut interrupted = None;
+        let mut round = Round {
+            first: events[0].position,
+            last: events[0].position - 1,
+            pending: Vec::with_capacity(events.len()),
+            work: Vec::new(),
+            interrupted: None,
+        };
         for event in events {
             let envelope = Envelope::from_log(&event.record());
             let subject = self.names.event_subject(&envelope);
@@ -298,23 +337,74 @@ impl Relay {
                 .message_id(event.event_id.to_string())
                 .expected_last_sequence((event.position - 1) as u64);
             match self.js.send_publish(subject, message).await {
-                Ok(ack) => pending.push((event.position, ack)),
+                Ok(ack) => round.pending.push((event.position, ack)),
                 Err(e) => {
-                    interrupted = Some(Interrupted::Failed(Box::new(e)));
+                    round.interrupted = Some(Interrupted::Failed(Box::new(e)));
                     break;
                 }
             }
+            round.last = event.position;
             if let Some(item) = item {
                 match self.publish_work(&item).await {
-                    Ok(ack) => work.push((event.position, ack)),
+                    Ok(ack) => round.work.push((event.position, ack)),
                     Err(e) => {
-                        interrupted = Some(Interrupted::Failed(Box::new(e)));
+                        round.interrupted = Some(Interrupted::Failed(Box::new(e)));
                         break;
                     }
                 }
             }
         }
-        for (position, ack) in pending {
+        round
+    }
+}
+
+/// The checkpoint is written at most this often (and this long after the
+/// relay fell idle at the latest).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The checkpoint as last written.
+struct Saved {
+    position: i64,
+    at: tokio::time::Instant,
+}
+
+impl Saved {
+    /// Writes `position` unless it is already the saved one.
+    async fn save(
+        &mut self,
+        conn: &mut PgConnection,
+        stream: &str,
+        position: i64,
+    ) -> Result<(), sqlx::Error> {
+        if position != self.position {
+            save_checkpoint(conn, stream, position).await?;
+            self.position = position;
+        }
+        self.at = tokio::time::Instant::now();
+        Ok(())
+    }
+}
+
+type Ack = async_nats::jetstream::context::PublishAckFuture;
+
+/// One round of sent events whose acks are outstanding.
+struct Round {
+    first: i64,
+    /// The last position sent (`first - 1` when none was).
+    last: i64,
+    pending: Vec<(i64, Ack)>,
+    work: Vec<(i64, Ack)>,
+    /// Why sending stopped early.
+    interrupted: Option<Interrupted>,
+}
+
+impl Round {
+    /// Awaits the acks; returns the last position the stream acknowledged
+    /// in order, plus why the round stopped early.
+    async fn settle(self) -> (i64, Option<Interrupted>) {
+        let mut interrupted = self.interrupted;
+        let mut acked = self.first - 1;
+        for (position, ack) in self.pending {
             match ack.await {
                 Ok(ack) if ack.duplicate || ack.sequence == position as u64 => {
                     if interrupted.is_none() {
@@ -345,7 +435,7 @@ impl Relay {
         }
         // A work item that did not make it holds the checkpoint before its
         // event, so the next round publishes both again.
-        for (position, ack) in work {
+        for (position, ack) in self.work {
             if let Err(e) = ack.await {
                 tracing::warn!(position, error = %e, "a job's work item was not stored; publishing again");
                 acked = acked.min(position - 1);
@@ -353,7 +443,7 @@ impl Relay {
             }
         }
         metrics::counter!("tandem_relay_published_total")
-            .increment((acked - (events[0].position - 1)).max(0) as u64);
+            .increment((acked - (self.first - 1)).max(0) as u64);
         (acked, interrupted)
     }
 }

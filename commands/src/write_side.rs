@@ -21,6 +21,8 @@ pub struct WriteSideConfig {
     pub position_wait: Duration,
     /// Argon2 hashes running at once.
     pub hash_concurrency: usize,
+    /// The share of time each hashing thread may hash (1..=100).
+    pub hash_duty_percent: u8,
     /// Lifetime of a login session and its refresh tokens.
     pub session_ttl: Duration,
 }
@@ -30,6 +32,7 @@ impl Default for WriteSideConfig {
         Self {
             position_wait: Duration::from_secs(2),
             hash_concurrency: PasswordHasher::default_concurrency(),
+            hash_duty_percent: crate::passwords::DEFAULT_DUTY_PERCENT,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -55,7 +58,7 @@ impl WriteSide {
         let notifier = AppendNotifier::spawn(pool.clone());
         let positions = PositionWaiter::spawn(pool.clone(), config.position_wait).await?;
         let bus = CommandBus::new(&events, directory.clone(), notifier.clone(), positions);
-        let hasher = PasswordHasher::new(config.hash_concurrency);
+        let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_duty_percent);
         Ok(Self {
             accounts: Accounts::new(pool.clone(), bus.clone(), hasher),
             sessions: Sessions::new(pool.clone(), bus.clone(), config.session_ttl),

@@ -40,6 +40,10 @@ pub struct LoginStormArgs {
     /// Argon2 hashing threads (default: as `tandem up`).
     #[arg(long, env = "TANDEM_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
+    /// Share of time each hashing thread may hash (default: as `tandem up`).
+    #[arg(long, env = "TANDEM_HASH_DUTY_PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub hash_duty_percent: Option<u8>,
 }
 
 const P99_RATIO_GOAL: f64 = 2.0;
@@ -86,6 +90,9 @@ async fn login_storm_on(
     let mut write = WriteSideConfig::default();
     if let Some(n) = args.hash_concurrency {
         write.hash_concurrency = n.max(1);
+    }
+    if let Some(duty) = args.hash_duty_percent {
+        write.hash_duty_percent = duty;
     }
     let running = Running::start(common, db, loops + 16, loops as usize * 2, write).await?;
     let api = &running.api;
