@@ -40,7 +40,7 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
 }
 
 async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiError> {
-    let path = req.uri().path().to_owned();
+    let path = req.uri().path();
     let key = match req.headers().get(HEADER) {
         Some(key)
             if req.method() == Method::POST
@@ -50,6 +50,7 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiE
         }
         _ => return Ok(next.run(req).await),
     };
+    let path = path.to_owned();
     let key = key
         .to_str()
         .ok()

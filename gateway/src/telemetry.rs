@@ -2,11 +2,13 @@
 //! terminal; every request has a span with its `request_id`. Metrics go to
 //! one process-wide Prometheus recorder served at `/metrics`.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -55,16 +57,47 @@ pub fn prometheus() -> PrometheusHandle {
 /// Counts and times every routed request by route template and status.
 pub async fn track_requests(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("tandem_http_requests_total", &labels).increment(1);
-    metrics::histogram!("tandem_http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (requests, duration) = request_metrics(&method, route, response.status().as_u16());
+    requests.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
     response
+}
+
+type RequestHandles = (metrics::Counter, metrics::Histogram);
+
+/// The handles of one (method, route, status), registered on first use:
+/// registering builds and hashes a labelled key, which a request should not
+/// pay for every time.
+fn request_metrics(method: &Method, route: &str, status: u16) -> RequestHandles {
+    type ByRoute = HashMap<Box<str>, RequestHandles>;
+    static HANDLES: OnceLock<RwLock<HashMap<(Method, u16), ByRoute>>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    let known = handles
+        .read()
+        .expect("metrics handles lock")
+        .get(&(method.clone(), status))
+        .and_then(|by_route| by_route.get(route).cloned());
+    if let Some(known) = known {
+        return known;
+    }
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    let registered = (
+        metrics::counter!("tandem_http_requests_total", &labels),
+        metrics::histogram!("tandem_http_request_duration_seconds", &labels),
+    );
+    handles
+        .write()
+        .expect("metrics handles lock")
+        .entry((method.clone(), status))
+        .or_default()
+        .insert(route.into(), registered.clone());
+    registered
 }

@@ -8,6 +8,7 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 use tandem_domain::{SessionId, UserId};
 
+use super::verified::{VerifiedTokens, Window};
 use crate::config::JwtConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,6 +43,7 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     config: JwtConfig,
+    verified: VerifiedTokens,
 }
 
 pub fn now_secs() -> u64 {
@@ -66,6 +68,7 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(config.secret.expose()),
             validation,
             config: config.clone(),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -92,19 +95,31 @@ impl JwtKeys {
 
     /// Signature, algorithm and every claim checked; `None` otherwise.
     pub fn verify(&self, token: &str) -> Option<AccessToken> {
+        let now = now_secs();
+        if let Some(access) = self.verified.get(token, now) {
+            return Some(access);
+        }
         let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         let claims = data.claims;
+        let leeway = self.validation.leeway;
         // jsonwebtoken requires `iat` to exist but not to make sense: a
         // token issued in the future was not issued by us.
-        if claims.iat > now_secs() + self.validation.leeway {
+        if claims.iat > now + leeway {
             return None;
         }
-        Some(AccessToken {
+        let access = AccessToken {
             user: claims.sub.parse().ok()?,
             session: claims.sid.parse().ok()?,
             jti: claims.jti,
             expires_at: claims.exp,
-        })
+        };
+        // The bounds `decode` and the `iat` check above apply, for the hits.
+        let window = Window {
+            from: claims.nbf.max(claims.iat).saturating_sub(leeway),
+            until: claims.exp.saturating_add(leeway),
+        };
+        self.verified.insert(token, &access, window);
+        Some(access)
     }
 }
 
@@ -152,6 +167,24 @@ mod tests {
         let key = EncodingKey::from_secret(config.secret.expose());
         let token = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
         assert!(keys.verify(&token).is_none());
+        assert!(keys.verify(&token).is_none(), "a refusal is not cached");
+    }
+
+    #[test]
+    fn a_verified_token_verifies_again_from_the_cache_and_a_tampered_one_does_not() {
+        let keys = JwtKeys::new(&config(b"0123456789abcdef0123456789abcdef"));
+        let user = UserId::generate();
+        let issued = keys.issue(user, SessionId::generate());
+        let first = keys.verify(&issued.token).unwrap();
+        let again = keys.verify(&issued.token).unwrap();
+        assert_eq!((again.user, again.jti), (first.user, first.jti));
+        // One changed signature character (not the last, whose low bits
+        // are padding): not a hit, and refused.
+        let mut bytes = issued.token.clone().into_bytes();
+        let at = bytes.len() - 10;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert!(keys.verify(&tampered).is_none());
     }
 
     #[test]
