@@ -90,12 +90,19 @@ impl axum::response::IntoResponse for Cached {
     }
 }
 
+/// Registered on the first hit (after the recorder is installed), then
+/// reused: registering hashes and looks up the key every time.
+fn cache_hits() -> &'static metrics::Counter {
+    static HITS: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    HITS.get_or_init(|| metrics::counter!("tandem_query_cache_hits_total"))
+}
+
 /// A cached answer and the read side's position when it was read.
 type Entry = (i64, Cached);
 
 #[derive(Clone)]
 pub struct QueryCache {
-    entries: moka::future::Cache<CacheKey, Entry>,
+    entries: moka::sync::Cache<CacheKey, Entry>,
     generation: Arc<AtomicU64>,
 }
 
@@ -108,7 +115,7 @@ impl Default for QueryCache {
 impl QueryCache {
     pub fn new() -> Self {
         Self {
-            entries: moka::future::Cache::builder()
+            entries: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(CACHE_TTL)
                 .support_invalidation_closures()
@@ -131,9 +138,9 @@ impl QueryCache {
         Fut: std::future::Future<Output = Result<Option<Cached>, ApiError>>,
     {
         let wanted = caught_up.0.unwrap_or(0);
-        if let Some((read_at, hit)) = self.entries.get(&key).await {
+        if let Some((read_at, hit)) = self.entries.get(&key) {
             if read_at >= wanted {
-                metrics::counter!("tandem_query_cache_hits_total").increment(1);
+                cache_hits().increment(1);
                 return Ok(Some(hit));
             }
         }
@@ -143,7 +150,7 @@ impl QueryCache {
             return Ok(None);
         };
         if self.generation.load(Ordering::Acquire) == generation {
-            self.entries.insert(key, (read_at, value.clone())).await;
+            self.entries.insert(key, (read_at, value.clone()));
         }
         Ok(Some(value))
     }

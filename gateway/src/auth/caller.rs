@@ -54,8 +54,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (token, denied) = match parts.extensions.get::<Verified>() {
-            Some(v) => (v.token.clone(), v.denied),
+        // Taken, not cloned: a second extraction verifies afresh.
+        let (token, denied) = match parts.extensions.remove::<Verified>() {
+            Some(v) => (v.token, v.denied),
             None => {
                 let raw = bearer(&parts.headers).ok_or_else(|| {
                     ApiError::unauthorized("unauthenticated", "send a bearer access token")
