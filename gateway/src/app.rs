@@ -26,13 +26,11 @@ use crate::extract::REQUEST_ID;
 use crate::openapi::ApiDoc;
 use crate::routes::{files, jobs, members, projects, workspaces};
 use crate::state::AppState;
-use crate::{idempotency, ops, queries, rate_limit, realtime, telemetry};
+use crate::{ops, queries, rate_limit, realtime, telemetry};
 
 fn api(state: &AppState) -> OpenApiRouter<AppState> {
-    // Rate limiting is outermost so idempotent replays are counted too.
-    let auth = auth_routes()
-        .layer(from_fn_with_state(state.clone(), idempotency::middleware))
-        .layer(from_fn_with_state(state.clone(), rate_limit::per_address));
+    // Each rate limiter runs the idempotency middleware after it.
+    let auth = auth_routes().layer(from_fn_with_state(state.clone(), rate_limit::per_address));
     let rest = OpenApiRouter::new()
         .merge(me_routes())
         .merge(projects::routes())
@@ -51,7 +49,6 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(queries::workspaces::routes())
         .merge(queries::files::routes())
         .merge(queries::jobs::routes())
-        .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), rate_limit::per_user));
     // The socket authenticates in-band, and is limited per connection.
     let realtime = OpenApiRouter::new().routes(utoipa_axum::routes!(realtime::route::upgrade));

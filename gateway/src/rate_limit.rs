@@ -6,7 +6,8 @@
 //! `RateLimit-Limit/Remaining/Reset`; over the limit is a 429 problem with
 //! `Retry-After`. If Redis is down the request goes through unlimited
 //! (logged) once its lease is spent: limits protect the service, they must
-//! not stop it.
+//! not stop it. Requests let through go on to the idempotency middleware
+//! ([`crate::idempotency`]) in the same layer.
 
 use std::net::SocketAddr;
 
@@ -16,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::caller::{bearer, Verified};
+use crate::idempotency;
 use crate::redis_keys::Verdict;
 use crate::state::AppState;
 
@@ -46,12 +48,22 @@ fn unlimited(e: &redis::RedisError) {
     tracing::warn!(error = %e, "rate limiter unavailable; not limiting");
 }
 
-async fn enforce(policy: &str, verdict: Option<Verdict>, req: Request, next: Next) -> Response {
+/// Refuses over the limit, else runs the idempotency middleware and the
+/// route. One layer for both because a layer costs every request a boxed
+/// service clone, and every API route has both; rate limiting comes first
+/// so idempotent replays are counted too.
+async fn enforce(
+    state: AppState,
+    policy: &str,
+    verdict: Option<Verdict>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(v) = verdict.filter(|v| !v.allowed) {
         metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned()).increment(1);
         return v.rejection().into_response();
     }
-    let mut response = next.run(req).await;
+    let mut response = idempotency::middleware(State(state), req, next).await;
     if let Some(v) = verdict {
         write_if_absent(&v, response.headers_mut());
     }
@@ -70,7 +82,8 @@ pub async fn per_address(State(state): State<AppState>, req: Request, next: Next
     let addr = client_addr(&state, req.headers(), peer(&req));
     let limit = state.config.rate_limits.auth_per_ip;
     let verdict = state.redis.hit("auth", &addr, limit).await;
-    enforce("auth", verdict.inspect_err(unlimited).ok(), req, next).await
+    let verdict = verdict.inspect_err(unlimited).ok();
+    enforce(state, "auth", verdict, req, next).await
 }
 
 /// Per user when the bearer token verifies, else per address. For a user,
@@ -103,5 +116,5 @@ pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Nex
             verdict.inspect_err(unlimited).ok()
         }
     };
-    enforce("api", verdict, req, next).await
+    enforce(state, "api", verdict, req, next).await
 }
