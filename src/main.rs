@@ -181,7 +181,7 @@ async fn run() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let task = stack::spawn_relay(
                 connections.pool,
-                connections.nats,
+                connections.relay_nats,
                 names,
                 RelayConfig::default(),
                 shutdown.clone(),
