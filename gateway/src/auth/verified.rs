@@ -34,9 +34,12 @@ impl Window {
     }
 }
 
+/// Tokens (the whole string) to what their verification found.
+type Shard = Mutex<HashMap<Box<str>, (AccessToken, Window)>>;
+
 pub struct VerifiedTokens {
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<Box<str>, (AccessToken, Window)>>>,
+    shards: Vec<Shard>,
 }
 
 impl Default for VerifiedTokens {
@@ -49,7 +52,7 @@ impl Default for VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, (AccessToken, Window)>> {
+    fn shard(&self, token: &str) -> &Shard {
         let n = self.hasher.hash_one(token) as usize % SHARDS;
         &self.shards[n]
     }
@@ -72,7 +75,7 @@ impl VerifiedTokens {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn remembered(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().expect("token cache lock").len())
@@ -117,6 +120,6 @@ mod tests {
         for n in 0..SHARDS * SHARD_CAPACITY * 3 {
             cache.insert(&format!("token-{n}"), &access(), window);
         }
-        assert!(cache.len() <= SHARDS * SHARD_CAPACITY);
+        assert!(cache.remembered() <= SHARDS * SHARD_CAPACITY);
     }
 }
