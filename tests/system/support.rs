@@ -270,6 +270,8 @@ pub struct TestApp {
     pub db_url: String,
     pub namespace: String,
     stack: Option<Stack>,
+    /// What this app created and removes when its test passes.
+    owned: Option<Owned>,
 }
 
 impl Drop for TestApp {
@@ -277,6 +279,58 @@ impl Drop for TestApp {
         if let Some(stack) = &self.stack {
             stack.shutdown_token().cancel();
         }
+        // A passed test leaves nothing behind: a long session's leftovers
+        // (hundreds of databases for autovacuum to visit, thousands of
+        // streams) slow the shared services for everything after them. A
+        // failed test keeps its database and streams for a look; the
+        // start-up sweep removes them hours later.
+        if let Some(owned) = self.owned.take() {
+            if !std::thread::panicking() {
+                let _ = std::thread::spawn(move || owned.remove()).join();
+            }
+        }
+    }
+}
+
+/// A test's own database and, unless it joined another app's, namespace.
+struct Owned {
+    database: String,
+    namespace: Option<String>,
+}
+
+impl Owned {
+    /// Best effort, on a runtime of its own (the test's may be ending).
+    fn remove(self) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if let Ok(mut admin) = PgConnection::connect_with(&server_options()).await {
+                let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
+                let _ = sqlx::query(&drop).execute(&mut admin).await;
+                let _ = admin.close().await;
+            }
+            let Some(namespace) = self.namespace else {
+                return;
+            };
+            let Ok(client) = async_nats::connect(nats_url()).await else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            let prefix = format!("{}_", namespace.to_uppercase());
+            use futures::StreamExt;
+            let names: Vec<String> = js
+                .stream_names()
+                .filter_map(|n| async move { n.ok() })
+                .collect()
+                .await;
+            for name in names.into_iter().filter(|n| n.starts_with(&prefix)) {
+                let _ = js.delete_stream(&name).await;
+            }
+        });
     }
 }
 
@@ -306,8 +360,21 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Options)) -> TestApp {
         executor: None,
     };
     customize(&mut options);
+    let own_namespace = options.gateway.namespace == namespace;
     let db_url = fresh_database().await;
-    start(db_url, namespace, options).await
+    let database = db_name(&db_url);
+    let mut app = start(db_url, namespace.clone(), options).await;
+    app.owned = Some(Owned {
+        database,
+        namespace: own_namespace.then_some(namespace),
+    });
+    app
+}
+
+/// The database a URL names (`.../<name>` or `.../<name>?...`).
+fn db_name(url: &str) -> String {
+    let path = url.split('?').next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path).to_owned()
 }
 
 /// Starts a stack on `db_url` in `namespace`.
@@ -360,6 +427,7 @@ async fn start(db_url: String, namespace: String, options: Options) -> TestApp {
         db_url,
         namespace,
         stack: Some(running),
+        owned: None,
     }
 }
 
@@ -430,6 +498,7 @@ impl TestApp {
             db_url: self.db_url.clone(),
             namespace: self.namespace.clone(),
             stack: None,
+            owned: None,
         }
     }
 
