@@ -6,18 +6,13 @@
 //! token expires exactly when a decoded one would. Revocation is not
 //! cached here: the denylist is asked on every request regardless.
 //!
-//! Bounded: 16 shards of at most [`SHARD_CAPACITY`] tokens; a full shard
-//! is emptied and refilled by the requests that follow (a token costs at
-//! most one extra full verification per eviction).
-
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+//! Bounded by moka, like the gateway's other caches: at most
+//! [`CAPACITY`] tokens; one evicted costs its next request a full
+//! verification.
 
 use super::jwt::AccessToken;
 
-const SHARDS: usize = 16;
-const SHARD_CAPACITY: usize = 1024;
+const CAPACITY: u64 = 16_384;
 
 /// When a verified token is valid, in Unix seconds, leeway applied.
 #[derive(Clone, Copy, Debug)]
@@ -34,52 +29,29 @@ impl Window {
     }
 }
 
-/// Tokens (the whole string) to what their verification found.
-type Shard = Mutex<HashMap<Box<str>, (AccessToken, Window)>>;
-
 pub struct VerifiedTokens {
-    hasher: RandomState,
-    shards: Vec<Shard>,
+    tokens: moka::sync::Cache<Box<str>, (AccessToken, Window)>,
 }
 
 impl Default for VerifiedTokens {
     fn default() -> Self {
         Self {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            tokens: moka::sync::Cache::new(CAPACITY),
         }
     }
 }
 
 impl VerifiedTokens {
-    fn shard(&self, token: &str) -> &Shard {
-        let n = self.hasher.hash_one(token) as usize % SHARDS;
-        &self.shards[n]
-    }
-
     /// The token's verified claims, when it was verified before and is
     /// inside its validity window at `now`.
     pub fn get(&self, token: &str, now: u64) -> Option<AccessToken> {
-        let shard = self.shard(token).lock().expect("token cache lock");
-        let (access, window) = shard.get(token)?;
-        window.contains(now).then(|| access.clone())
+        let (access, window) = self.tokens.get(token)?;
+        window.contains(now).then_some(access)
     }
 
     /// Remembers a token that passed full verification.
     pub fn insert(&self, token: &str, access: &AccessToken, window: Window) {
-        let mut shard = self.shard(token).lock().expect("token cache lock");
-        if shard.len() >= SHARD_CAPACITY {
-            shard.clear();
-        }
-        shard.insert(token.into(), (access.clone(), window));
-    }
-
-    #[cfg(test)]
-    fn remembered(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().expect("token cache lock").len())
-            .sum()
+        self.tokens.insert(token.into(), (access.clone(), window));
     }
 }
 
@@ -117,9 +89,10 @@ mod tests {
     fn stays_bounded() {
         let cache = VerifiedTokens::default();
         let window = Window { from: 0, until: 1 };
-        for n in 0..SHARDS * SHARD_CAPACITY * 3 {
+        for n in 0..CAPACITY * 3 {
             cache.insert(&format!("token-{n}"), &access(), window);
         }
-        assert!(cache.remembered() <= SHARDS * SHARD_CAPACITY);
+        cache.tokens.run_pending_tasks();
+        assert!(cache.tokens.entry_count() <= CAPACITY);
     }
 }
