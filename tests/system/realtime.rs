@@ -187,12 +187,25 @@ async fn events_committed_during_catch_up_are_neither_lost_nor_repeated() {
     for _ in 0..19 {
         touch(&app, &owner, project).await;
     }
+    // The writers wait at two gates, so that however fast they are, some
+    // of their events come before, some during and some after the
+    // subscriptions: the first gate opens once the replaying subscriber
+    // is in (its catch-up then races the writes), the second once the live
+    // one is.
+    let (gates, opened) = tokio::sync::watch::channel(0u8);
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let app = app.handle();
             let owner = owner.clone();
+            let mut opened = opened.clone();
             tokio::spawn(async move {
                 for i in 0..25 {
+                    let gate = match i {
+                        5 => 1,
+                        15 => 2,
+                        _ => 0,
+                    };
+                    opened.wait_for(|open| *open >= gate).await.unwrap();
                     save(&app, &owner, workspace, &format!("w{w}/f{i}.txt")).await;
                 }
             })
@@ -203,10 +216,12 @@ async fn events_committed_during_catch_up_are_neither_lost_nor_repeated() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut replaying = connect(&app, &owner).await;
     subscribe(&mut replaying, project, Some(0)).await;
+    gates.send_replace(1);
     let mut live = connect(&app, &owner).await;
     let live_from = subscribe(&mut live, project, None).await["position"]
         .as_i64()
         .unwrap();
+    gates.send_replace(2);
     for writer in writers {
         writer.await.unwrap();
     }
