@@ -15,7 +15,7 @@ use tandem_domain::values::{DisplayName, Email, Password};
 use tandem_domain::UserId;
 
 use crate::bus::{CommandBus, CommandContext, CommandError, Committed};
-use crate::passwords::{HashError, PasswordHasher};
+use crate::passwords::{Admission, HashError, PasswordHasher};
 
 /// A reservation this old whose `UserRegistered` never reached the log is
 /// abandoned (its registering request died).
@@ -66,6 +66,13 @@ pub struct Accounts {
 impl Accounts {
     pub fn new(pool: PgPool, bus: CommandBus, hasher: PasswordHasher) -> Self {
         Self { pool, bus, hasher }
+    }
+
+    /// A turn at the password hashers, to hold from before a login's or a
+    /// registration's other work until its hash is done
+    /// ([`PasswordHasher::admit`]).
+    pub async fn admit(&self) -> Admission {
+        self.hasher.admit().await
     }
 
     pub async fn register(

@@ -25,7 +25,7 @@ use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tandem_domain::values::Password;
 use thread_priority::ThreadPriority;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub const M_COST_KIB: u32 = 19_456;
 pub const T_COST: u32 = 2;
@@ -122,7 +122,18 @@ type Work = Box<dyn FnOnce(&mut Memory) + Send>;
 #[derive(Clone)]
 pub struct PasswordHasher {
     work: Sender<Work>,
+    /// Requests that may be between their arrival and their hash's end.
+    admission: Arc<Semaphore>,
 }
+
+/// A request's turn at the hashers ([`PasswordHasher::admit`]).
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Admitted requests per hashing thread: one hashing, one ready behind it,
+/// so no thread idles between hashes.
+const ADMITTED_PER_THREAD: usize = 2;
 
 /// The default share of time a hashing thread may spend hashing.
 pub const DEFAULT_DUTY_PERCENT: u8 = 100;
@@ -135,7 +146,8 @@ impl PasswordHasher {
         let (work, queue) = mpsc::channel::<Work>();
         let queue = Arc::new(Mutex::new(queue));
         let duty = u32::from(duty_percent.clamp(1, 100));
-        for n in 0..threads.max(1) {
+        let threads = threads.max(1);
+        for n in 0..threads {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
@@ -144,7 +156,24 @@ impl PasswordHasher {
                 tracing::error!(error = %e, "could not start a password hashing thread");
             }
         }
-        Self { work }
+        Self {
+            work,
+            admission: Arc::new(Semaphore::new(threads * ADMITTED_PER_THREAD)),
+        }
+    }
+
+    /// Waits for a turn at the hashers. A request that will hash takes its
+    /// turn first and keeps it until the hash is done, so a wave of logins
+    /// does its other work (limits, lookups) a few at a time, as hashes
+    /// finish, instead of all at once ahead of everyone else's requests.
+    pub async fn admit(&self) -> Admission {
+        let permit = self
+            .admission
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the admission semaphore is never closed");
+        Admission { _permit: permit }
     }
 
     /// Half the cores, at least one. Low priority alone is not enough:
@@ -250,6 +279,26 @@ mod tests {
         assert!(ok.await.unwrap());
         let wrong = hasher.verify("wrong horse battery".into(), Some(hash));
         assert!(!wrong.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn admission_lets_two_requests_per_thread_in_at_once() {
+        use futures::FutureExt as _;
+        let hasher = PasswordHasher::new(2, DEFAULT_DUTY_PERCENT);
+        let mut turns = Vec::new();
+        for n in 0..4 {
+            let turn = hasher.admit().now_or_never();
+            turns.push(turn.unwrap_or_else(|| panic!("turn {n} of 4 was refused")));
+        }
+        assert!(
+            hasher.admit().now_or_never().is_none(),
+            "a fifth request got in beside four"
+        );
+        turns.pop();
+        assert!(
+            hasher.admit().now_or_never().is_some(),
+            "a finished turn did not let the next request in"
+        );
     }
 
     #[test]

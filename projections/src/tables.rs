@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::{Executor as _, PgConnection, PgPool};
 use tandem_domain::envelope::Envelope;
 
 use crate::projector::{ProjectionError, Projector};
@@ -105,26 +105,59 @@ impl TableProjection {
 
     /// The checkpoint moves first: that locks its row, so a rebuild's swap
     /// (which holds it) makes this batch wait before touching any table.
+    /// `BEGIN`, the settings and the checkpoint's move go in one round trip
+    /// (a multi-statement simple query), then the rows, then `COMMIT`: a
+    /// round trip costs more here than the statements do.
     async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), ApplyError> {
-        let mut tx = self.pool.begin().await?;
         // No wait for the WAL flush: a crash can lose the last batches, but
         // rows and checkpoint together, so they are simply applied again.
-        sqlx::query(
-            "SELECT set_config('search_path', $1, true), set_config('synchronous_commit', 'off', true)",
-        )
-        .bind(format!("{}, public", self.schema))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT tandem_advance_projection($1, $2, $3)")
-            .bind(&self.checkpoint)
-            .bind(from)
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
-        rows.execute(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
+        // Only our own names and integers are spliced into this SQL.
+        let begin = format!(
+            "BEGIN; SELECT set_config('search_path', {}, true), set_config('synchronous_commit', 'off', true); SELECT tandem_advance_projection({}, {from}, {to})",
+            quoted(&format!("{}, public", self.schema)),
+            quoted(&self.checkpoint),
+        );
+        // By hand, not `Pool::begin_with`: a failed multi-statement `BEGIN`
+        // there hands the connection back still inside the aborted block.
+        let mut conn = OpenTransaction {
+            conn: self.pool.acquire().await?,
+            open: true,
+        };
+        let applied = run_batch(&mut conn.conn, &begin, rows).await;
+        if applied.is_ok() || conn.conn.execute("ROLLBACK").await.is_ok() {
+            conn.open = false;
+        }
+        applied
     }
+}
+
+async fn run_batch(conn: &mut PgConnection, begin: &str, rows: RowOps) -> Result<(), ApplyError> {
+    // A query without arguments goes as a simple query: many statements.
+    conn.execute(begin).await?;
+    rows.execute(conn).await?;
+    conn.execute("COMMIT").await?;
+    Ok(())
+}
+
+/// A pooled connection that may be inside a transaction: unless known
+/// closed, it is closed rather than handed back (a batch that failed
+/// past recovery, or whose future was dropped mid-way).
+struct OpenTransaction {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    open: bool,
+}
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// `s` as an SQL string literal (standard-conforming strings).
+fn quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 pub async fn read_checkpoint(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {

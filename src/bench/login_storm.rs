@@ -21,9 +21,18 @@ pub struct LoginStormArgs {
     /// Concurrent logins per wave (each a different account).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub logins: u32,
-    /// Concurrent loops of cheap authenticated commands, measured throughout.
+    /// Background users: with `--background-rate`, the commands go to them
+    /// in turn; with `--background-rate 0`, each runs a loop of its own.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub background_concurrency: u32,
+    /// Background commands started per second on a fixed schedule (open
+    /// loop: a slow answer never delays the next start, and each latency
+    /// counts from the scheduled start). 0: closed loops instead, each
+    /// sending its next command as soon as the last one answered, which
+    /// keeps the machine saturated, so any work added (a hash) shows as
+    /// queueing of everything else.
+    #[arg(long, default_value_t = 500)]
+    pub background_rate: u32,
     /// Both windows together: half baseline, half storm. Shorter windows
     /// make a p99 of a few thousand samples, which wanders by ±30 % here.
     #[arg(long, default_value_t = 30)]
@@ -106,10 +115,20 @@ async fn login_storm_on(
     eprintln!("bench: running the background load and the storm...");
     let timeline = Timeline::new(args);
     let stop = CancellationToken::new();
-    let background: Vec<_> = background_tokens
-        .into_iter()
-        .map(|token| tokio::spawn(background_loop(api.clone(), token, stop.clone())))
-        .collect();
+    let background: Vec<_> = if args.background_rate == 0 {
+        background_tokens
+            .into_iter()
+            .map(|token| tokio::spawn(background_loop(api.clone(), token, stop.clone())))
+            .collect()
+    } else {
+        let rate = args.background_rate;
+        vec![tokio::spawn(background_schedule(
+            api.clone(),
+            background_tokens,
+            rate,
+            stop.clone(),
+        ))]
+    };
     let storm = run_storm(api, &storm_emails, &storm_password, timeline).await;
     stop.cancel();
     let mut samples = Background::default();
@@ -139,6 +158,13 @@ impl Background {
         merge_errors(&mut self.errors, other.errors);
     }
 
+    fn record(&mut self, started: Instant, latency: Duration, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok { .. } => self.samples.push(Sample { started, latency }),
+            Outcome::Failed(kind) => *self.errors.entry(kind).or_default() += 1,
+        }
+    }
+
     /// Latencies of the 2xx answers to requests started in `[from, until)`.
     fn window(&self, from: Instant, until: Instant) -> Vec<Duration> {
         self.samples
@@ -161,13 +187,43 @@ async fn background_loop(api: Api, token: String, stop: CancellationToken) -> Ba
             .json(&json!({"name": format!("Background {n}")}));
         n += 1;
         let started = Instant::now();
-        match send(request).await {
-            Outcome::Ok { .. } => out.samples.push(Sample {
-                started,
-                latency: started.elapsed(),
-            }),
-            Outcome::Failed(kind) => *out.errors.entry(kind).or_default() += 1,
-        }
+        let outcome = send(request).await;
+        out.record(started, started.elapsed(), outcome);
+    }
+    out
+}
+
+/// `rate` commands a second, the users in turn, each command in a task of
+/// its own started on schedule (late starts go at once, so the offered
+/// rate holds); a sample's start is its scheduled time.
+async fn background_schedule(
+    api: Api,
+    tokens: Vec<String>,
+    rate: u32,
+    stop: CancellationToken,
+) -> Background {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut n: u64 = 0;
+    while !stop.is_cancelled() {
+        let scheduled = start + period.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let token = &tokens[(n % tokens.len() as u64) as usize];
+        let request = api
+            .request(Method::POST, "/projects", Some(token))
+            .json(&json!({"name": format!("Background {n}")}));
+        n += 1;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let outcome = send(request).await;
+            let _ = tx.send((scheduled, scheduled.elapsed(), outcome));
+        });
+    }
+    drop(tx);
+    let mut out = Background::default();
+    while let Some((started, latency, outcome)) = rx.recv().await {
+        out.record(started, latency, outcome);
     }
     out
 }
@@ -226,8 +282,16 @@ fn print_storm_summary(
     let during = Percentiles::of(during);
     println!();
     println!("tandem bench login-storm");
+    let load = if args.background_rate == 0 {
+        "closed loops: POST /projects back to back, each".to_owned()
+    } else {
+        format!(
+            "open loop: {} POST /projects a second on schedule, latency from the scheduled start, in turn",
+            args.background_rate
+        )
+    };
     println!(
-        "  setup        {} background users (POST /projects back to back), waves of {} concurrent logins, database {}",
+        "  setup        {} background users ({load}), waves of {} concurrent logins, database {}",
         args.background_concurrency, args.logins, args.database
     );
     println!(

@@ -94,6 +94,7 @@ async fn register(
     let (Some(email), Some(password), Some(name)) = (email, password, name) else {
         return Err(f.into_error());
     };
+    let _turn = state.write.accounts.admit().await;
     let ctx = CommandContext::for_request(None, meta.request_id, meta.correlation_id);
     let (profile, committed) = state
         .write
@@ -153,6 +154,9 @@ async fn login(
     meta: RequestMeta,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Held until the hash is done: a wave of logins then checks limits and
+    // looks up accounts as hashes finish, not all at once ahead of others.
+    let turn = state.write.accounts.admit().await;
     let account = body.email.trim().to_lowercase();
     let limit = state.config.rate_limits.login_per_account;
     match state.redis.hit("login", &account, limit).await {
@@ -168,6 +172,7 @@ async fn login(
         .accounts
         .authenticate(&body.email, body.password)
         .await?;
+    drop(turn);
     let ctx = CommandContext::for_request(Some(user), meta.request_id, meta.correlation_id);
     let issued = state.write.sessions.start(&ctx, user).await?;
     Ok(pair(&state, issued))
