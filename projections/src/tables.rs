@@ -139,9 +139,10 @@ async fn run_batch(conn: &mut PgConnection, begin: &str, rows: RowOps) -> Result
     Ok(())
 }
 
-/// A pooled connection that may be inside a transaction: unless known
-/// closed, it is closed rather than handed back (a batch that failed
-/// past recovery, or whose future was dropped mid-way).
+/// A pooled connection that may be inside a transaction: unless its
+/// transaction is known to have ended, the connection is closed rather
+/// than handed back (a batch that failed past recovery, or whose future
+/// was dropped mid-way).
 struct OpenTransaction {
     conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
     open: bool,
