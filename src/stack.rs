@@ -22,7 +22,7 @@ use tandem_gateway::{AppState, GatewayConfig, Shared};
 use tandem_projections::consumer::{Consumer, ConsumerConfig, Sink};
 use tandem_projections::hot::HotState;
 use tandem_projections::positions::ReadPositions;
-use tandem_projections::{models, TableProjection};
+use tandem_projections::{models, ReadModels};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -145,20 +145,24 @@ impl Stack {
         let write = WriteSide::start(pool.clone(), &options.write)
             .await
             .context("starting the write side")?;
-        if let Some(config) = options.sequencer {
-            let sequencer =
-                Sequencer::new(pool.clone(), config).with_local(write.local_sequencer());
+        let local_sequencer = options.sequencer.is_some().then(|| write.local_sequencer());
+        if let (Some(config), Some(local)) = (options.sequencer, &local_sequencer) {
+            let sequencer = Sequencer::new(pool.clone(), config).with_local(local.clone());
             tasks.push(run_sequencer(sequencer, shutdown.clone()));
         }
         let names = BusNames::new(&options.gateway.namespace)?;
         if let Some(config) = options.relay {
-            tasks.push(spawn_relay(
+            let relay = Relay::new(
                 pool.clone(),
                 connections.relay_nats.clone(),
                 names.clone(),
                 config,
-                shutdown.clone(),
-            ));
+            );
+            let relay = match &local_sequencer {
+                Some(local) => relay.woken_by(local.sequenced.clone()),
+                None => relay,
+            };
+            tasks.push(run_relay(relay, shutdown.clone()));
         }
         if let Some(config) = options.projections {
             tasks.extend(spawn_projections(&connections, &names, &config, &shutdown));
@@ -303,28 +307,27 @@ pub fn spawn_relay(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    let relay = Relay::new(pool, nats, names, config);
+    run_relay(Relay::new(pool, nats, names, config), shutdown)
+}
+
+fn run_relay(relay: Relay, shutdown: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move { relay.run(async move { shutdown.cancelled().await }).await })
 }
 
-/// One durable consumer per Postgres projection, and one for the hot
-/// state in Redis.
+/// One durable consumer for the Postgres read models (applied together),
+/// and one for the hot state in Redis.
 pub fn spawn_projections(
     connections: &Connections,
     names: &BusNames,
     config: &ConsumerConfig,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks: Vec<JoinHandle<()>> = models::all()
-        .into_iter()
-        .map(|projector| {
-            let sink = TableProjection::live(connections.pool.clone(), projector);
-            spawn_consumer(sink, connections, names, config, shutdown)
-        })
-        .collect();
+    let read_models = ReadModels::live(connections.pool.clone(), models::all());
     let hot = HotState::new(connections.redis.clone(), names.namespace());
-    tasks.push(spawn_consumer(hot, connections, names, config, shutdown));
-    tasks
+    vec![
+        spawn_consumer(read_models, connections, names, config, shutdown),
+        spawn_consumer(hot, connections, names, config, shutdown),
+    ]
 }
 
 fn spawn_consumer<S: Sink + 'static>(

@@ -46,6 +46,9 @@ pub struct LocalSequencer {
     /// Set while the in-process sequencer leads: then nobody else needs a
     /// NOTIFY, and the round trip is saved.
     pub leading: Arc<AtomicBool>,
+    /// Notified after every step that numbered events: an in-process relay
+    /// wakes on it without waiting for the NOTIFY to come round.
+    pub sequenced: Arc<Notify>,
 }
 
 impl AppendNotifier {
@@ -121,6 +124,15 @@ impl Sequenced {
             first: first.parse().ok()?,
             events,
         })
+    }
+
+    /// The last position a notification covers, read without parsing its
+    /// entries; `None` when it does not list them.
+    pub fn last_listed(payload: &str) -> Option<i64> {
+        let (first, entries) = payload.split_once(' ')?;
+        let first: i64 = first.parse().ok()?;
+        let listed = entries.bytes().filter(|b| *b == b',').count() as i64 + 1;
+        Some(first + listed - 1)
     }
 
     /// The notification did not say which events it covers.
@@ -394,5 +406,13 @@ mod tests {
         let s = Sequenced::parse("42").unwrap();
         assert!(s.is_unlisted());
         assert_eq!(s.position_of("any", 1), None);
+    }
+
+    #[test]
+    fn the_last_listed_position_is_counted_from_the_entries() {
+        assert_eq!(Sequenced::last_listed("11 a/1,b/7,a/2"), Some(13));
+        assert_eq!(Sequenced::last_listed("5 a/1"), Some(5));
+        assert_eq!(Sequenced::last_listed("42"), None, "unlisted");
+        assert_eq!(Sequenced::last_listed("x a/1"), None, "unreadable");
     }
 }

@@ -18,7 +18,9 @@
 //! the stream has.
 //!
 //! One relay leads (a session advisory lock); others stand by. It wakes on
-//! the sequencer's `NOTIFY tandem_sequenced` and polls as a fallback.
+//! the sequencer's `NOTIFY tandem_sequenced`, directly when the sequencer
+//! runs in the same process (the notification that follows is then known
+//! to be read already, and costs no query), and polls as a fallback.
 //!
 //! Job events that make a job runnable also become work items on the jobs
 //! work-queue stream ([`crate::jobs::dispatch`]), in the same round and
@@ -27,6 +29,7 @@
 //! absorbs what had arrived.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -36,10 +39,11 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_domain::work::WorkItem;
+use tokio::sync::Notify;
 
 use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
-use crate::positions::SEQUENCED_CHANNEL;
+use crate::positions::{Sequenced, SEQUENCED_CHANNEL};
 
 /// Advisory-lock key of the relay leader ("tandem" + 2).
 pub const RELAY_LOCK_KEY: i64 = 0x7461_6e64_656d_0002;
@@ -73,6 +77,8 @@ pub struct Relay {
     js: jetstream::Context,
     names: BusNames,
     config: RelayConfig,
+    /// An in-process sequencer's wake-up after each step.
+    sequenced: Option<Arc<Notify>>,
 }
 
 /// Why a round stopped before publishing everything it read.
@@ -105,7 +111,15 @@ impl Relay {
             js: jetstream::new(nats),
             names,
             config,
+            sequenced: None,
         }
+    }
+
+    /// Also wakes when `sequenced` is notified: an in-process sequencer's
+    /// steps (see [`crate::positions::LocalSequencer::sequenced`]).
+    pub fn woken_by(mut self, sequenced: Arc<Notify>) -> Self {
+        self.sequenced = Some(sequenced);
+        self
     }
 
     /// Relays until `shutdown` resolves, surviving outages of Postgres and
@@ -288,17 +302,34 @@ impl Relay {
                 }
                 let dirty = saved.position != checkpoint;
                 let mut checkpoint_due = false;
-                tokio::select! {
-                    n = listener.recv() => {
-                        if let Err(e) = n {
-                            return e.into();
+                let poll = tokio::time::sleep(self.config.poll_interval);
+                tokio::pin!(poll);
+                loop {
+                    let local = async {
+                        match &self.sequenced {
+                            Some(sequenced) => sequenced.notified().await,
+                            None => std::future::pending().await,
                         }
-                        while listener.next_buffered().is_some() {}
+                    };
+                    tokio::select! {
+                        n = listener.recv() => {
+                            let newest = match n {
+                                Ok(n) => Sequenced::last_listed(n.payload()),
+                                Err(e) => return e.into(),
+                            };
+                            let newest = drain_newest(listener, newest);
+                            // A local wake-up already read this far.
+                            if newest.is_some_and(|p| p <= sent) {
+                                continue;
+                            }
+                        }
+                        () = local => {}
+                        () = &mut poll => {}
+                        () = tokio::time::sleep_until(saved.at + CHECKPOINT_EVERY), if dirty => {
+                            checkpoint_due = true;
+                        }
                     }
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
-                    () = tokio::time::sleep_until(saved.at + CHECKPOINT_EVERY), if dirty => {
-                        checkpoint_due = true;
-                    }
+                    break;
                 }
                 if checkpoint_due {
                     if let Err(e) = saved.save(conn, &stream, checkpoint).await {
@@ -486,4 +517,16 @@ async fn save_checkpoint(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The newest position of `first` and the notifications buffered behind
+/// it; `None` if any of them does not say (then the log must be read).
+fn drain_newest(listener: &mut PgListener, first: Option<i64>) -> Option<i64> {
+    let mut newest = first;
+    while let Some(n) = listener.next_buffered() {
+        newest = newest
+            .zip(Sequenced::last_listed(n.payload()))
+            .map(|(a, b)| a.max(b));
+    }
+    newest
 }

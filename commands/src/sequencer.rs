@@ -131,6 +131,9 @@ impl Sequencer {
                 tracing::trace!(?step, "sequenced");
                 metrics::counter!("tandem_sequenced_events_total").increment(step.assigned as u64);
                 metrics::gauge!("tandem_log_head_position").set(step.last_position as f64);
+                if let Some(local) = &self.local {
+                    local.sequenced.notify_one();
+                }
             }
             if step.assigned >= i64::from(self.config.batch_size) {
                 continue;

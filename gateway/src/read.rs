@@ -10,6 +10,7 @@
 //! generation counter), and entries expire anyway after [`CACHE_TTL`] as
 //! a backstop for a lost NATS message.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use sqlx::PgPool;
 use tandem_domain::envelope::{BusNames, Envelope};
@@ -155,14 +156,16 @@ impl QueryCache {
         Ok(Some(value))
     }
 
-    /// Drops what an event of `project` may have changed: the project's
-    /// detail for everyone, and the project lists of `users` (its members,
-    /// and whoever the event added or removed).
-    pub fn invalidate_project(&self, project: Uuid, users: Vec<Uuid>) {
+    /// Drops what events of `projects` may have changed: their details
+    /// for everyone, and the project lists of `users` (their members, and
+    /// whoever the events added or removed).
+    pub fn invalidate_projects(&self, projects: Vec<Uuid>, users: Vec<Uuid>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        let projects: HashSet<Uuid> = projects.into_iter().collect();
+        let users: HashSet<Uuid> = users.into_iter().collect();
         let _ = self.entries.invalidate_entries_if(move |key, _| match key {
             CacheKey::Projects { user, .. } => users.contains(user),
-            CacheKey::Project { project: p, .. } => *p == project,
+            CacheKey::Project { project, .. } => projects.contains(project),
         });
     }
 
@@ -172,8 +175,13 @@ impl QueryCache {
     }
 }
 
+/// Project events handled in one round at most: one wait for the read
+/// side, one members query, one sweep of the cache.
+const INVALIDATION_ROUND: usize = 256;
+
 /// Listens to the events stream's subjects (core NATS) and invalidates
-/// the cache once the read side has applied each project event.
+/// the cache once the read side has applied each project event. Events
+/// that arrive together are handled as one round.
 pub fn spawn_invalidator(
     nats: async_nats::Client,
     names: BusNames,
@@ -197,19 +205,21 @@ pub fn spawn_invalidator(
             };
             // Whatever happened while we were not listening is unknown.
             cache.invalidate_all();
-            while let Some(message) = events.next().await {
-                let Ok(event) = serde_json::from_slice::<Envelope>(&message.payload) else {
-                    continue;
-                };
-                if event.aggregatetype != "Project" {
+            while let Some(first) = events.next().await {
+                let mut round = Touched::default();
+                round.add(&first.payload);
+                for _ in 1..INVALIDATION_ROUND {
+                    match events.next().now_or_never() {
+                        Some(Some(message)) => round.add(&message.payload),
+                        _ => break,
+                    }
+                }
+                if round.projects.is_empty() {
                     continue;
                 }
-                let Some(project) = event.projectid else {
-                    continue;
-                };
-                positions.wait_for(event.position, APPLY_WAIT).await;
-                match affected_users(&pool, project, &event).await {
-                    Ok(users) => cache.invalidate_project(project, users),
+                positions.wait_for(round.last_position, APPLY_WAIT).await;
+                match round.affected_users(&pool).await {
+                    Ok(users) => cache.invalidate_projects(round.projects, users),
                     Err(e) => {
                         tracing::warn!(error = %e, "cache invalidator could not read members; dropping every list");
                         cache.invalidate_all();
@@ -220,30 +230,62 @@ pub fn spawn_invalidator(
     });
 }
 
-/// Whose project lists an event of `project` can change: its members now,
-/// plus any user the event names (an owner, a removed member).
-async fn affected_users(
-    pool: &PgPool,
-    project: Uuid,
-    event: &Envelope,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut users: Vec<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM read.members WHERE project_id = $1")
-            .bind(project)
-            .fetch_all(pool)
-            .await?;
-    if let Some(data) = &event.data {
-        for field in ["user_id", "owner_id"] {
-            if let Some(user) = data
-                .get(field)
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok())
-            {
-                users.push(user);
+/// What one round of project events may have changed.
+#[derive(Default)]
+struct Touched {
+    projects: Vec<Uuid>,
+    /// Projects whose members must be asked for: all but those the round
+    /// only created (a new project's one member is its owner, named below).
+    ask_members_of: Vec<Uuid>,
+    /// Users the events name (an owner, an invited or removed member).
+    named: Vec<Uuid>,
+    last_position: i64,
+}
+
+impl Touched {
+    fn add(&mut self, payload: &[u8]) {
+        let Ok(event) = serde_json::from_slice::<Envelope>(payload) else {
+            return;
+        };
+        if event.aggregatetype != "Project" {
+            return;
+        }
+        let Some(project) = event.projectid else {
+            return;
+        };
+        self.last_position = self.last_position.max(event.position);
+        self.projects.push(project);
+        let created = event.event_type == "ProjectCreated" && event.data.is_some();
+        if !created {
+            self.ask_members_of.push(project);
+        }
+        if let Some(data) = &event.data {
+            for field in ["user_id", "owner_id"] {
+                if let Some(user) = data
+                    .get(field)
+                    .and_then(|v| v.as_str())
+                    .and_then(|v| v.parse().ok())
+                {
+                    self.named.push(user);
+                }
             }
         }
     }
-    Ok(users)
+
+    /// Whose project lists the round can change: the members now of every
+    /// project it touched, plus the users its events name.
+    async fn affected_users(&self, pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+        let mut users = if self.ask_members_of.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT user_id FROM read.members WHERE project_id = ANY($1)")
+                .bind(&self.ask_members_of)
+                .fetch_all(pool)
+                .await?
+        };
+        users.extend_from_slice(&self.named);
+        Ok(users)
+    }
 }
 
 /// `?min_position=N`: the handler runs once the read side has applied

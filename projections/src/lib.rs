@@ -11,6 +11,8 @@
 //! - [`sql`]: [`sql::Lit`] values and the typed array columns they travel in.
 //! - [`tables`]: [`TableProjection`], a projector bound to a schema and a
 //!   checkpoint, applying batches with their checkpoint atomically.
+//! - [`read_models`]: [`ReadModels`], the live projections applied
+//!   together by one consumer, one transaction per batch.
 //! - [`consumer`]: the durable JetStream consumer feeding a [`consumer::Sink`].
 //! - [`hot`]: hot state in Redis (member sets, job snapshots), versioned
 //!   by position so every update is idempotent.
@@ -29,10 +31,12 @@ pub mod models;
 pub mod positions;
 pub mod projector;
 pub mod queries;
+pub mod read_models;
 pub mod rebuild;
 pub mod rows;
 pub mod sql;
 pub mod tables;
 
 pub use projector::Projector;
+pub use read_models::ReadModels;
 pub use tables::TableProjection;

@@ -18,7 +18,7 @@ use crate::rows::{RowOps, RowsError};
 
 /// A transaction carries at most about this much data; a batch of large
 /// file saves is cut into several, each with its checkpoint.
-const MAX_SQL_BYTES: usize = 4 << 20;
+pub(crate) const MAX_SQL_BYTES: usize = 4 << 20;
 
 pub const LIVE_SCHEMA: &str = "read";
 
@@ -103,38 +103,74 @@ impl TableProjection {
         Ok(last)
     }
 
-    /// The checkpoint moves first: that locks its row, so a rebuild's swap
-    /// (which holds it) makes this batch wait before touching any table.
-    /// `BEGIN`, the settings and the checkpoint's move go in one round trip
-    /// (a multi-statement simple query), then the rows, then `COMMIT`: a
-    /// round trip costs more here than the statements do.
     async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), ApplyError> {
-        // No wait for the WAL flush: a crash can lose the last batches, but
-        // rows and checkpoint together, so they are simply applied again.
-        // Only our own names and integers are spliced into this SQL.
-        let begin = format!(
-            "BEGIN; SELECT set_config('search_path', {}, true), set_config('synchronous_commit', 'off', true); SELECT tandem_advance_projection({}, {from}, {to})",
-            quoted(&format!("{}, public", self.schema)),
-            quoted(&self.checkpoint),
-        );
-        // By hand, not `Pool::begin_with`: a failed multi-statement `BEGIN`
-        // there hands the connection back still inside the aborted block.
-        let mut conn = OpenTransaction {
-            conn: self.pool.acquire().await?,
-            open: true,
-        };
-        let applied = run_batch(&mut conn.conn, &begin, rows).await;
-        if applied.is_ok() || conn.conn.execute("ROLLBACK").await.is_ok() {
-            conn.open = false;
-        }
-        applied
+        commit_batch(
+            &self.pool,
+            &self.schema,
+            &[(&self.checkpoint, from)],
+            to,
+            vec![rows],
+        )
+        .await
     }
 }
 
-async fn run_batch(conn: &mut PgConnection, begin: &str, rows: RowOps) -> Result<(), ApplyError> {
+/// One batch's transaction: moves each `(checkpoint, from)` to `to`, then
+/// runs each of `rows` in `schema`, in order.
+///
+/// The checkpoints move first: that locks their rows, so a rebuild's swap
+/// (which holds one) makes this batch wait before touching any table, and
+/// each move is refused unless its checkpoint is at its `from`. `BEGIN`,
+/// the settings and the moves go in one round trip (a multi-statement
+/// simple query), then the rows, then `COMMIT`: a round trip costs more
+/// here than the statements do.
+pub(crate) async fn commit_batch(
+    pool: &PgPool,
+    schema: &str,
+    moves: &[(&str, i64)],
+    to: i64,
+    rows: Vec<RowOps>,
+) -> Result<(), ApplyError> {
+    // No wait for the WAL flush: a crash can lose the last batches, but
+    // rows and checkpoints together, so they are simply applied again.
+    // Only our own names and integers are spliced into this SQL.
+    let advances = moves
+        .iter()
+        .map(|(checkpoint, from)| {
+            format!(
+                "tandem_advance_projection({}, {from}, {to})",
+                quoted(checkpoint)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let begin = format!(
+        "BEGIN; SELECT set_config('search_path', {}, true), set_config('synchronous_commit', 'off', true); SELECT {advances}",
+        quoted(&format!("{schema}, public")),
+    );
+    // By hand, not `Pool::begin_with`: a failed multi-statement `BEGIN`
+    // there hands the connection back still inside the aborted block.
+    let mut conn = OpenTransaction {
+        conn: pool.acquire().await?,
+        open: true,
+    };
+    let applied = run_batch(&mut conn.conn, &begin, rows).await;
+    if applied.is_ok() || conn.conn.execute("ROLLBACK").await.is_ok() {
+        conn.open = false;
+    }
+    applied
+}
+
+async fn run_batch(
+    conn: &mut PgConnection,
+    begin: &str,
+    rows: Vec<RowOps>,
+) -> Result<(), ApplyError> {
     // A query without arguments goes as a simple query: many statements.
     conn.execute(begin).await?;
-    rows.execute(conn).await?;
+    for rows in rows {
+        rows.execute(&mut *conn).await?;
+    }
     conn.execute("COMMIT").await?;
     Ok(())
 }
