@@ -22,9 +22,10 @@ use tandem_domain::job::{Job, JobEvent, Language};
 use tandem_domain::project::{Project, ProjectEvent};
 use tandem_domain::user::{User, UserEvent};
 use tandem_domain::{FileId, JobId, ProjectId, Role, UserId, WorkspaceId};
+use tandem_projections::consumer::Sink;
 use tandem_projections::models::{Activity, Files, Jobs, Projects, Users};
 use tandem_projections::tables::ApplyError;
-use tandem_projections::{Projector, TableProjection};
+use tandem_projections::{Projector, ReadModels, TableProjection};
 use uuid::Uuid;
 
 use crate::support::{fresh_database, pool};
@@ -1618,4 +1619,88 @@ async fn a_job_marked_dead_while_an_attempt_runs_ends_that_attempt_as_failed() {
             .await
             .unwrap();
     assert_eq!(status, "failed");
+}
+
+// The read models together -----------------------------------------------------
+
+/// Every read model's digest on `pool`.
+async fn digests(pool: &PgPool) -> Vec<Digest> {
+    let mut out = Vec::new();
+    for projector in tandem_projections::models::all() {
+        out.push(digest(pool, projector.as_ref()).await);
+    }
+    out
+}
+
+/// Every read model's checkpoint on `pool`.
+async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
+    sqlx::query_as("SELECT projection, position FROM projection_checkpoints")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The read models applied together (one consumer, one transaction per
+/// batch) build what each builds alone; redeliveries change nothing; a
+/// read model that is ahead (a rebuild swapped it in at the head) skips
+/// what it has while the others catch up; a failing batch moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_applied_together_equal_each_applied_alone() {
+    let h = history();
+    let last = h.last();
+    let alone_pool = pool(&fresh_database().await, 4).await;
+    for projector in tandem_projections::models::all() {
+        let projection = TableProjection::live(alone_pool.clone(), projector);
+        assert_eq!(projection.apply(0, &h.log).await.unwrap(), last);
+    }
+    let expected = digests(&alone_pool).await;
+
+    // In three batches, each delivered twice.
+    let together_pool = pool(&fresh_database().await, 4).await;
+    let together = ReadModels::live(together_pool.clone(), tandem_projections::models::all());
+    assert_eq!(Sink::checkpoint(&together).await.unwrap(), 0);
+    // A second applier that reads the checkpoints now and applies later
+    // (a split brain).
+    let stale = ReadModels::live(together_pool.clone(), tandem_projections::models::all());
+    assert_eq!(Sink::checkpoint(&stale).await.unwrap(), 0);
+    let mut at = 0;
+    for batch in h.log.chunks(h.log.len() / 3 + 1) {
+        let next = together.apply(at, batch).await.unwrap();
+        assert_eq!(next, batch.last().unwrap().position);
+        assert_eq!(together.apply(next, batch).await.unwrap(), next);
+        at = next;
+    }
+    assert_eq!(at, last);
+    assert_eq!(digests(&together_pool).await, expected);
+    let moved = checkpoints(&together_pool).await;
+    assert_eq!(moved.len(), 5, "{moved:?}");
+    assert!(moved.values().all(|p| *p == last), "{moved:?}");
+
+    // The stale applier's batch: the guard refuses, nothing moves.
+    assert_refused(stale.apply(0, &h.log).await);
+    assert_eq!(digests(&together_pool).await, expected);
+    assert_eq!(checkpoints(&together_pool).await, moved);
+    // An applier that reads the checkpoints first skips everything.
+    let fresh = ReadModels::live(together_pool.clone(), tandem_projections::models::all());
+    assert_eq!(fresh.apply(0, &h.log).await.unwrap(), last);
+    assert_eq!(digests(&together_pool).await, expected);
+    assert_eq!(checkpoints(&together_pool).await, moved);
+
+    // Files ahead at the head, the others at 0: the set's checkpoint is
+    // the lowest, and catching up leaves the files' rows as they were.
+    let ahead_pool = pool(&fresh_database().await, 4).await;
+    let files = TableProjection::live(ahead_pool.clone(), Arc::new(Files));
+    assert_eq!(files.apply(0, &h.log).await.unwrap(), last);
+    let files_digest = digest(&ahead_pool, &Files).await;
+    let set = ReadModels::live(ahead_pool.clone(), tandem_projections::models::all());
+    assert_eq!(Sink::checkpoint(&set).await.unwrap(), 0);
+    assert_eq!(set.apply(0, &h.log).await.unwrap(), last);
+    assert_eq!(digest(&ahead_pool, &Files).await, files_digest);
+    assert_eq!(digests(&ahead_pool).await, expected);
+
+    for p in [alone_pool, together_pool, ahead_pool] {
+        p.close().await;
+    }
 }
