@@ -159,7 +159,7 @@ impl Stack {
                 config,
             );
             let relay = match &local_sequencer {
-                Some(local) => relay.woken_by(local.sequenced.clone()),
+                Some(local) => relay.woken_by(local.clone()),
                 None => relay,
             };
             tasks.push(run_relay(relay, shutdown.clone()));

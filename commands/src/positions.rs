@@ -15,7 +15,7 @@
 //!   nothing came for a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ pub struct AppendNotifier {
 }
 
 /// The link between this process's appends and its own sequencer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocalSequencer {
     /// Notified on every append in this process.
     pub wake: Arc<Notify>,
@@ -49,6 +49,36 @@ pub struct LocalSequencer {
     /// Notified after every step that numbered events: an in-process relay
     /// wakes on it without waiting for the NOTIFY to come round.
     pub sequenced: Arc<Notify>,
+    /// The log's last position as of the leading sequencer's last step
+    /// (stored before `sequenced` is notified); [`UNKNOWN_HEAD`] while it
+    /// does not lead or has not stepped yet.
+    pub head: Arc<AtomicI64>,
+}
+
+/// [`LocalSequencer::head`] when there is no head to tell.
+pub const UNKNOWN_HEAD: i64 = i64::MAX;
+
+impl Default for LocalSequencer {
+    fn default() -> Self {
+        Self {
+            wake: Arc::default(),
+            leading: Arc::default(),
+            sequenced: Arc::default(),
+            head: Arc::new(AtomicI64::new(UNKNOWN_HEAD)),
+        }
+    }
+}
+
+impl LocalSequencer {
+    /// The log's last position if this process's sequencer leads and has
+    /// stepped: everything up to it is sequenced, nothing after.
+    pub fn known_head(&self) -> Option<i64> {
+        if !self.leading.load(Ordering::Acquire) {
+            return None;
+        }
+        let head = self.head.load(Ordering::Acquire);
+        (head != UNKNOWN_HEAD).then_some(head)
+    }
 }
 
 impl AppendNotifier {

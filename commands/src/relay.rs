@@ -29,7 +29,6 @@
 //! absorbs what had arrived.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -39,11 +38,10 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_domain::work::WorkItem;
-use tokio::sync::Notify;
 
 use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
-use crate::positions::{Sequenced, SEQUENCED_CHANNEL};
+use crate::positions::{LocalSequencer, Sequenced, SEQUENCED_CHANNEL};
 
 /// Advisory-lock key of the relay leader ("tandem" + 2).
 pub const RELAY_LOCK_KEY: i64 = 0x7461_6e64_656d_0002;
@@ -77,8 +75,9 @@ pub struct Relay {
     js: jetstream::Context,
     names: BusNames,
     config: RelayConfig,
-    /// An in-process sequencer's wake-up after each step.
-    sequenced: Option<Arc<Notify>>,
+    /// An in-process sequencer: its wake-up after each step, and the head
+    /// it last numbered.
+    local: Option<LocalSequencer>,
 }
 
 /// Why a round stopped before publishing everything it read.
@@ -111,14 +110,16 @@ impl Relay {
             js: jetstream::new(nats),
             names,
             config,
-            sequenced: None,
+            local: None,
         }
     }
 
-    /// Also wakes when `sequenced` is notified: an in-process sequencer's
-    /// steps (see [`crate::positions::LocalSequencer::sequenced`]).
-    pub fn woken_by(mut self, sequenced: Arc<Notify>) -> Self {
-        self.sequenced = Some(sequenced);
+    /// Also wakes on the steps of the sequencer in this process, and while
+    /// that one leads, reads the log only when its head has moved past
+    /// what was read (the read that overlaps a round's acks is mostly
+    /// empty, and a query is not free).
+    pub fn woken_by(mut self, local: LocalSequencer) -> Self {
+        self.local = Some(local);
         self
     }
 
@@ -265,9 +266,25 @@ impl Relay {
             at: tokio::time::Instant::now(),
         };
         let mut in_flight: Option<Round> = None;
+        // Set when something other than the local sequencer woke us: its
+        // head says nothing of another process's steps.
+        let mut must_read = true;
         loop {
             let sent = in_flight.as_ref().map_or(checkpoint, |r| r.last);
-            let read = log::read_after(&mut *conn, sent, self.config.batch_size);
+            let nothing_new = !must_read
+                && self
+                    .local
+                    .as_ref()
+                    .and_then(LocalSequencer::known_head)
+                    .is_some_and(|head| head <= sent);
+            must_read = false;
+            let read = async {
+                if nothing_new {
+                    Ok(Vec::new())
+                } else {
+                    log::read_after(&mut *conn, sent, self.config.batch_size).await
+                }
+            };
             let settle = async {
                 match in_flight.take() {
                     Some(round) => Some(round.settle().await),
@@ -306,8 +323,8 @@ impl Relay {
                 tokio::pin!(poll);
                 loop {
                     let local = async {
-                        match &self.sequenced {
-                            Some(sequenced) => sequenced.notified().await,
+                        match &self.local {
+                            Some(local) => local.sequenced.notified().await,
                             None => std::future::pending().await,
                         }
                     };
@@ -322,9 +339,10 @@ impl Relay {
                             if newest.is_some_and(|p| p <= sent) {
                                 continue;
                             }
+                            must_read = true;
                         }
                         () = local => {}
-                        () = &mut poll => {}
+                        () = &mut poll => must_read = true,
                         () = tokio::time::sleep_until(saved.at + CHECKPOINT_EVERY), if dirty => {
                             checkpoint_due = true;
                         }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 
-use crate::positions::{LocalSequencer, APPENDED_CHANNEL};
+use crate::positions::{LocalSequencer, APPENDED_CHANNEL, UNKNOWN_HEAD};
 
 /// Advisory-lock key of the sequencer leader ("tandem" + 1).
 pub const LEADER_LOCK_KEY: i64 = 0x7461_6e64_656d_0001;
@@ -81,6 +81,7 @@ impl Sequencer {
 
     fn set_leading(&self, leading: bool) {
         if let Some(local) = &self.local {
+            local.head.store(UNKNOWN_HEAD, Ordering::Release);
             local.leading.store(leading, Ordering::Release);
         }
     }
@@ -127,6 +128,9 @@ impl Sequencer {
         self.set_leading(true);
         loop {
             let step = Self::step(&mut conn, self.config.batch_size).await?;
+            if let Some(local) = &self.local {
+                local.head.store(step.last_position, Ordering::Release);
+            }
             if step.assigned > 0 {
                 tracing::trace!(?step, "sequenced");
                 metrics::counter!("tandem_sequenced_events_total").increment(step.assigned as u64);
