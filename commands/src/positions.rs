@@ -55,6 +55,15 @@ pub struct LocalSequencer {
     pub head: Arc<AtomicI64>,
 }
 
+/// Resolves when `notify` is notified; never without one (a role that runs
+/// without its in-process partner waits on its other wake-ups alone).
+pub async fn notified_or_never(notify: Option<&Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// [`LocalSequencer::head`] when there is no head to tell.
 pub const UNKNOWN_HEAD: i64 = i64::MAX;
 

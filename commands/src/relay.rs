@@ -41,7 +41,7 @@ use tandem_domain::work::WorkItem;
 
 use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
-use crate::positions::{LocalSequencer, Sequenced, SEQUENCED_CHANNEL};
+use crate::positions::{notified_or_never, LocalSequencer, Sequenced, SEQUENCED_CHANNEL};
 
 /// Advisory-lock key of the relay leader ("tandem" + 2).
 pub const RELAY_LOCK_KEY: i64 = 0x7461_6e64_656d_0002;
@@ -322,12 +322,7 @@ impl Relay {
                 let poll = tokio::time::sleep(self.config.poll_interval);
                 tokio::pin!(poll);
                 loop {
-                    let local = async {
-                        match &self.local {
-                            Some(local) => local.sequenced.notified().await,
-                            None => std::future::pending().await,
-                        }
-                    };
+                    let local = notified_or_never(self.local.as_ref().map(|l| &*l.sequenced));
                     tokio::select! {
                         n = listener.recv() => {
                             let newest = match n {

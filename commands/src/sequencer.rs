@@ -26,7 +26,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 
-use crate::positions::{LocalSequencer, APPENDED_CHANNEL, UNKNOWN_HEAD};
+use crate::positions::{notified_or_never, LocalSequencer, APPENDED_CHANNEL, UNKNOWN_HEAD};
 
 /// Advisory-lock key of the sequencer leader ("tandem" + 1).
 pub const LEADER_LOCK_KEY: i64 = 0x7461_6e64_656d_0001;
@@ -142,12 +142,7 @@ impl Sequencer {
             if step.assigned >= i64::from(self.config.batch_size) {
                 continue;
             }
-            let local = async {
-                match &self.local {
-                    Some(local) => local.wake.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let local = notified_or_never(self.local.as_ref().map(|l| &*l.wake));
             tokio::select! {
                 n = listener.recv() => {
                     n?;
