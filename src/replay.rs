@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use sqlx::PgPool;
-use tandem_commands::log;
+use tandem_commands::log::{self, LoggedEvent};
 use tandem_domain::envelope::Envelope;
 use tandem_projections::consumer::BoxError;
 use tandem_projections::rebuild::{self, LogSource, Progress, Report};
@@ -21,8 +21,8 @@ impl LogSource for PostgresLog {
     async fn read(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, BoxError> {
         let events = log::read_after(&self.0, after, limit).await?;
         Ok(events
-            .iter()
-            .map(|e| Envelope::from_log(&e.record()))
+            .into_iter()
+            .map(LoggedEvent::into_envelope)
             .collect())
     }
 

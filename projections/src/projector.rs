@@ -19,6 +19,14 @@ pub trait Projector: Send + Sync + 'static {
     /// order in which they can be created.
     fn tables(&self) -> &'static [&'static str];
 
+    /// Those of its tables whose rows are only ever inserted, never changed
+    /// or deleted ([`RowOps::only_inserts_into`]): a rebuild fills them
+    /// without any index and builds their primary key once at the end,
+    /// far cheaper than maintaining it row by row.
+    fn insert_only(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Adds the row operations of one event; events it does not care about
     /// add nothing.
     fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError>;

@@ -17,18 +17,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::try_join_all;
+use futures::{stream, StreamExt};
 use sqlx::{Connection, PgConnection, PgPool};
 use tandem_domain::envelope::Envelope;
 
 use crate::consumer::BoxError;
 use crate::projector::Projector;
-use crate::tables::{ApplyError, TableProjection, LIVE_SCHEMA};
+use crate::tables::{Batch, TableProjection, LIVE_SCHEMA};
 
 /// Events read from the log per round.
 const CHUNK: i64 = 10_000;
 /// Within this many events of the head, the rest is applied under the
 /// swap's lock (briefly holding up the live consumer).
 const SWAP_DISTANCE: i64 = 2 * CHUNK;
+/// A rebuild's batches are larger than the live consumer's: its tables are
+/// its own, and the more events a batch spans, the more of their row
+/// changes fold into one (see [`crate::tables::Batcher`]).
+const REBUILD_BATCH_BYTES: usize = 32 << 20;
+/// Chunks read from the log at once while filling.
+const READS_IN_FLIGHT: usize = 3;
 
 /// Where the events come from: `read(after, limit)` returns up to `limit`
 /// events with position > `after`, in order, and `head()` the last position.
@@ -106,17 +113,22 @@ pub async fn rebuild(
         ));
     }
     fill(&targets, source, progress, started).await?;
-    let mut reports = Vec::new();
+    let mut swapped = Vec::new();
     for target in &targets {
         build_indexes(pool, target.projector().as_ref()).await?;
-        let (at, live, tables) = swap(pool, target, source).await?;
+        let at = swap(pool, target, source).await?;
+        swapped.push((target.projector(), at, started.elapsed()));
+    }
+    // Every new table serves queries before any is digested.
+    let mut reports = Vec::new();
+    for (projector, at, live_after) in swapped {
         reports.push(Report {
-            projection: target.projector().name().to_owned(),
+            projection: projector.name().to_owned(),
             position: at,
             events: at,
-            live_after: (live - started).as_secs_f64(),
+            live_after: live_after.as_secs_f64(),
+            tables: compare(pool, projector.as_ref()).await?,
             seconds: started.elapsed().as_secs_f64(),
-            tables,
         });
     }
     let head = source.head().await?;
@@ -125,9 +137,10 @@ pub async fn rebuild(
 }
 
 /// Applies the log to every target until near the head. One reader feeds
-/// each target through a short queue, so reading overlaps applying and
-/// every target runs in its own task (its own core, its own connection);
-/// the slowest target sets the pace.
+/// each target through a short queue, so reading overlaps applying; each
+/// target computes a chunk's rows in one task and commits them in another,
+/// so its next chunk is projected while Postgres applies the last one. The
+/// slowest target sets the pace.
 async fn fill(
     targets: &[TableProjection],
     source: &impl LogSource,
@@ -135,17 +148,40 @@ async fn fill(
     started: Instant,
 ) -> Result<(), BoxError> {
     let mut queues = Vec::new();
-    let mut appliers = Vec::new();
+    let mut stages = Vec::new();
     for target in targets {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Envelope>>>(4);
-        let target = target.clone();
+        let (tx, mut chunks) = tokio::sync::mpsc::channel::<Arc<Vec<Envelope>>>(4);
+        let (to_commit, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
         queues.push(tx);
-        appliers.push(tokio::spawn(async move {
-            let mut position = 0;
-            while let Some(chunk) = rx.recv().await {
-                position = target.apply(position, &chunk).await?;
+        let mut batcher = target.batcher(0, REBUILD_BATCH_BYTES);
+        stages.push(tokio::spawn(async move {
+            while let Some(chunk) = chunks.recv().await {
+                // Off the runtime's threads, so the committers are served
+                // promptly while a chunk is projected.
+                let full;
+                (batcher, full) = tokio::task::spawn_blocking(move || {
+                    let full = batcher.add(&chunk);
+                    (batcher, full)
+                })
+                .await?;
+                for batch in full? {
+                    if to_commit.send(batch).await.is_err() {
+                        // The committer failed: its error is reported below.
+                        return Ok(());
+                    }
+                }
             }
-            Ok::<i64, ApplyError>(position)
+            if let Some(batch) = batcher.finish() {
+                let _ = to_commit.send(batch).await;
+            }
+            Ok::<(), BoxError>(())
+        }));
+        let committing = target.clone();
+        stages.push(tokio::spawn(async move {
+            while let Some(batch) = batches.recv().await {
+                committing.commit(batch).await?;
+            }
+            Ok::<(), BoxError>(())
         }));
     }
     let mut position = 0;
@@ -155,25 +191,34 @@ async fn fill(
             if head - position <= SWAP_DISTANCE {
                 return Ok::<(), BoxError>(());
             }
-            let events = source.read(position, CHUNK).await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                return Ok(());
-            };
-            let chunk = Arc::new(events);
-            for queue in &queues {
-                if queue.send(chunk.clone()).await.is_err() {
-                    // Its applier failed: stop; the error is reported below.
+            // Positions are gapless, so the chunks up to near the head are
+            // known and several are read at once. Were there a gap, chunks
+            // would overlap, never miss: targets skip what they have.
+            let starts = (position..head - SWAP_DISTANCE).step_by(CHUNK as usize);
+            let mut chunks = stream::iter(starts)
+                .map(|after| source.read(after, CHUNK))
+                .buffered(READS_IN_FLIGHT);
+            while let Some(events) = chunks.next().await {
+                let events = events?;
+                let Some(last) = events.last().map(|e| e.position) else {
                     return Ok(());
+                };
+                let chunk = Arc::new(events);
+                for queue in &queues {
+                    if queue.send(chunk.clone()).await.is_err() {
+                        // Its applier failed: stop; the error is reported below.
+                        return Ok(());
+                    }
                 }
+                position = position.max(last);
+                progress.advanced(position, head, started.elapsed());
             }
-            position = last;
-            progress.advanced(position, head, started.elapsed());
         }
     };
     let read = read.await;
     drop(queues);
-    for applier in appliers {
-        applier.await??;
+    for stage in stages {
+        stage.await??;
     }
     read
 }
@@ -205,15 +250,18 @@ async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::E
         .await?;
     for table in projector.tables() {
         // Only the primary key while filling (upserts and updates need
-        // it); other indexes are built once at the end, which is far
-        // cheaper than maintaining them row by row.
+        // it), and none on a table only inserted into; other indexes are
+        // built once at the end, which is far cheaper than maintaining
+        // them row by row.
         sqlx::query(&format!(
             "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *conn)
         .await?;
-        for statement in copy_constraints(&mut conn, &schema, table, "p").await? {
-            sqlx::query(&statement).execute(&mut *conn).await?;
+        if !projector.insert_only().contains(table) {
+            for statement in copy_constraints(&mut conn, &schema, table, "p").await? {
+                sqlx::query(&statement).execute(&mut *conn).await?;
+            }
         }
         // Storage parameters (fillfactor) are not copied by LIKE.
         let options: Option<Vec<String>> = sqlx::query_scalar(
@@ -264,12 +312,16 @@ async fn copy_constraints(
         .collect())
 }
 
-/// Builds the unique constraints and indexes the fill went without.
+/// Builds the keys, unique constraints and indexes the fill went without.
 async fn build_indexes(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
     let schema = rebuild_schema(projector.name());
     let mut conn = pool.acquire().await?;
     for table in projector.tables() {
-        let mut statements = copy_constraints(&mut conn, &schema, table, "u").await?;
+        let mut statements = Vec::new();
+        if projector.insert_only().contains(table) {
+            statements.extend(copy_constraints(&mut conn, &schema, table, "p").await?);
+        }
+        statements.extend(copy_constraints(&mut conn, &schema, table, "u").await?);
         let indexes: Vec<String> = sqlx::query_scalar(
             "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
               WHERE i.indrelid = ($1 || '.' || $2)::regclass
@@ -294,7 +346,7 @@ async fn swap(
     pool: &PgPool,
     target: &TableProjection,
     source: &impl LogSource,
-) -> Result<(i64, Instant, Vec<TableReport>), BoxError> {
+) -> Result<i64, BoxError> {
     let name = target.projector().name();
     let tables = target.projector().tables();
     let (live, rebuilt, retired) = (LIVE_SCHEMA, rebuild_schema(name), retired_schema(name));
@@ -350,10 +402,18 @@ async fn swap(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let live_at = Instant::now();
+    conn.close().await?;
+    Ok(position)
+}
 
+/// Digests the retired tables against the live ones, then drops them.
+/// On a running system the live ones may have moved on since the swap.
+async fn compare(pool: &PgPool, projector: &dyn Projector) -> Result<Vec<TableReport>, BoxError> {
+    let (live, rebuilt) = (LIVE_SCHEMA, rebuild_schema(projector.name()));
+    let retired = retired_schema(projector.name());
+    let mut conn = pool.acquire().await?;
     let mut reports = Vec::new();
-    for table in tables {
+    for table in projector.tables() {
         let (old_rows, old_digest) = digest(&mut conn, &retired, table).await?;
         let (new_rows, new_digest) = digest(&mut conn, live, table).await?;
         reports.push(TableReport {
@@ -365,13 +425,12 @@ async fn swap(
         });
     }
     sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {rebuilt} CASCADE"))
-        .execute(&mut conn)
+        .execute(&mut *conn)
         .await?;
-    conn.close().await?;
-    Ok((position, live_at, reports))
+    Ok(reports)
 }
 
 /// Row count and an order-independent digest of every row of a table.

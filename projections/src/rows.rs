@@ -12,7 +12,7 @@
 //! (an operation that does not fold, a statement on many rows), the fold
 //! so far is flushed first and order is kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
@@ -57,6 +57,8 @@ pub struct RowOps {
     /// Statements already fixed in order (flushed folds, raw statements).
     flushed: Vec<Flushed>,
     size: usize,
+    /// Tables whose rows an operation other than an insert touched.
+    changed: HashSet<&'static str>,
 }
 
 enum Flushed {
@@ -123,6 +125,9 @@ impl RowOps {
     }
 
     fn fold(&mut self, table: &'static str, key: Vec<(Col, Lit)>, op: Body, delete: bool) {
+        if delete || !matches!(op, Body::Insert(_)) {
+            self.changed.insert(table);
+        }
         self.size += key.iter().map(|(_, v)| v.size()).sum::<usize>() + body_size(&op);
         let id = row_id(table, &key);
         let op = match self.index.get(&id) {
@@ -142,6 +147,18 @@ impl RowOps {
             deleted_first: delete,
             body: op,
         });
+    }
+
+    /// Whether every operation so far on `table` was an insert (a
+    /// statement naming it counts as a change).
+    pub fn only_inserts_into(&self, table: &str) -> bool {
+        !self.changed.contains(table)
+            && !self.flushed.iter().any(|f| match f {
+                Flushed::Statement(template, _) => template
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .any(|word| word == table),
+                Flushed::Rows(_) => false,
+            })
     }
 
     /// Fixes the fold so far in order; later operations start a new fold.
@@ -518,6 +535,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn only_inserts_into_names_tables_whose_rows_nothing_changed() {
+        let mut ops = RowOps::new();
+        ops.insert("inserted", key(1), vec![("n", Lit::Int(1))]);
+        ops.insert("inserted", key(2), vec![("n", Lit::Int(2))]);
+        ops.upsert("upserted", key(1), vec![("n", Lit::Int(1))]);
+        ops.insert("updated", key(1), vec![("n", Lit::Int(1))]);
+        ops.update("updated", key(1), vec![("n", Set::Add(1))]);
+        ops.delete("deleted", key(1));
+        ops.count("counted", key(1), "n", 1);
+        ops.statement("UPDATE stated SET n = 0 WHERE id = $1", vec![Lit::Int(1)]);
+        assert!(ops.only_inserts_into("inserted"));
+        assert!(ops.only_inserts_into("state"), "a word of a statement, not a part of one");
+        for table in ["upserted", "updated", "deleted", "counted", "stated"] {
+            assert!(!ops.only_inserts_into(table), "{table}");
+        }
     }
 
     #[test]

@@ -86,32 +86,109 @@ impl TableProjection {
     /// Applies `events` (consecutive positions) on top of `after`; events at
     /// or below `after` are skipped. Returns the new checkpoint.
     pub async fn apply(&self, after: i64, events: &[Envelope]) -> Result<i64, ApplyError> {
-        let mut from = after;
-        let mut rows = RowOps::new();
         let mut last = after;
-        for event in events.iter().filter(|e| e.position > after) {
-            self.projector.project(event, &mut rows)?;
-            last = event.position;
-            if rows.size() >= MAX_SQL_BYTES {
-                self.commit(std::mem::take(&mut rows), from, last).await?;
-                from = last;
-            }
-        }
-        if last > from {
-            self.commit(rows, from, last).await?;
+        for batch in self.batches(after, events)? {
+            last = self.commit(batch).await?;
         }
         Ok(last)
     }
 
-    async fn commit(&self, rows: RowOps, from: i64, to: i64) -> Result<(), ApplyError> {
+    /// The transactions that apply `events` on top of `after` (none when
+    /// every event is at or below it), each carrying at most about
+    /// [`MAX_SQL_BYTES`].
+    pub fn batches(&self, after: i64, events: &[Envelope]) -> Result<Vec<Batch>, ProjectionError> {
+        let mut batcher = self.batcher(after, MAX_SQL_BYTES);
+        let mut batches = batcher.add(events)?;
+        batches.extend(batcher.finish());
+        Ok(batches)
+    }
+
+    /// Folds events into batches of up to about `max_bytes` across calls.
+    pub fn batcher(&self, after: i64, max_bytes: usize) -> Batcher {
+        Batcher {
+            projector: self.projector.clone(),
+            rows: RowOps::new(),
+            from: after,
+            last: after,
+            max_bytes,
+        }
+    }
+
+    /// Applies one batch (refused unless the checkpoint is at its start);
+    /// returns the new checkpoint.
+    pub async fn commit(&self, batch: Batch) -> Result<i64, ApplyError> {
         commit_batch(
             &self.pool,
             &self.schema,
-            &[(&self.checkpoint, from)],
-            to,
-            vec![rows],
+            &[(&self.checkpoint, batch.from)],
+            batch.to,
+            vec![batch.rows],
         )
-        .await
+        .await?;
+        Ok(batch.to)
+    }
+}
+
+/// Turns events into [`Batch`]es, folding rows across calls until a batch
+/// is full: the larger the batch, the more of a row's changes fold into
+/// one statement (a rebuild's counters and upserts fold from hundreds of
+/// thousands of events into one row each). Pure work on this side, so a
+/// caller may project the next events while Postgres applies a batch.
+pub struct Batcher {
+    projector: Arc<dyn Projector>,
+    rows: RowOps,
+    from: i64,
+    last: i64,
+    max_bytes: usize,
+}
+
+impl Batcher {
+    /// Projects `events` past what it has seen; returns the batches that
+    /// filled up.
+    pub fn add(&mut self, events: &[Envelope]) -> Result<Vec<Batch>, ProjectionError> {
+        let mut full = Vec::new();
+        let seen = self.last;
+        for event in events.iter().filter(|e| e.position > seen) {
+            self.projector.project(event, &mut self.rows)?;
+            self.last = event.position;
+            if self.rows.size() >= self.max_bytes {
+                full.extend(self.take());
+            }
+        }
+        Ok(full)
+    }
+
+    /// The rest, as a batch (none if nothing is pending).
+    pub fn finish(mut self) -> Option<Batch> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<Batch> {
+        if self.last == self.from {
+            return None;
+        }
+        let batch = Batch {
+            rows: std::mem::take(&mut self.rows),
+            from: self.from,
+            to: self.last,
+        };
+        self.from = self.last;
+        Some(batch)
+    }
+}
+
+/// One transaction of a [`TableProjection`]: `rows` take its checkpoint
+/// from `from` to `to`.
+pub struct Batch {
+    rows: RowOps,
+    from: i64,
+    to: i64,
+}
+
+impl Batch {
+    /// The checkpoint after it.
+    pub fn to(&self) -> i64 {
+        self.to
     }
 }
 

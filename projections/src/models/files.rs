@@ -20,6 +20,10 @@ impl Projector for Files {
         &["files", "file_versions"]
     }
 
+    fn insert_only(&self) -> &'static [&'static str] {
+        &["file_versions"]
+    }
+
     fn project(&self, event: &Envelope, rows: &mut RowOps) -> Result<(), ProjectionError> {
         if event.aggregatetype != File::TYPE {
             return Ok(());
