@@ -20,10 +20,7 @@ pub struct PostgresLog(pub PgPool);
 impl LogSource for PostgresLog {
     async fn read(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, BoxError> {
         let events = log::read_after(&self.0, after, limit).await?;
-        Ok(events
-            .into_iter()
-            .map(LoggedEvent::into_envelope)
-            .collect())
+        Ok(events.into_iter().map(LoggedEvent::into_envelope).collect())
     }
 
     async fn head(&self) -> Result<i64, BoxError> {

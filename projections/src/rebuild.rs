@@ -9,8 +9,15 @@
 //! last events, moves the live tables to `retired_<name>` and the new ones
 //! into `read`, and sets the live checkpoint to the rebuild's position.
 //! Queries wait a moment on the table locks and never see a half state.
-//! Then both versions are digested (row count and an order-independent
-//! hash of every row) and the retired tables are dropped.
+//! Once every projection is swapped in, both versions of each are
+//! digested (row count and an order-independent hash of every row) and
+//! the retired tables are dropped.
+//!
+//! Filling is the bulk of the work, so it is cheap per event: the log is
+//! read several chunks at once, rows fold across chunks into large batches
+//! (many changes to one row become one statement's row), the next chunks
+//! are projected while Postgres applies a batch, and a table only inserted
+//! into gets its primary key at the end.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -549,7 +549,10 @@ mod tests {
         ops.count("counted", key(1), "n", 1);
         ops.statement("UPDATE stated SET n = 0 WHERE id = $1", vec![Lit::Int(1)]);
         assert!(ops.only_inserts_into("inserted"));
-        assert!(ops.only_inserts_into("state"), "a word of a statement, not a part of one");
+        assert!(
+            ops.only_inserts_into("state"),
+            "a word of a statement, not a part of one"
+        );
         for table in ["upserted", "updated", "deleted", "counted", "stated"] {
             assert!(!ops.only_inserts_into(table), "{table}");
         }

@@ -1720,7 +1720,11 @@ fn insert_only_tables_only_get_inserts() {
         }
         for table in projector.insert_only() {
             assert!(projector.tables().contains(table), "{table}");
-            assert!(rows.only_inserts_into(table), "{}: {table}", projector.name());
+            assert!(
+                rows.only_inserts_into(table),
+                "{}: {table}",
+                projector.name()
+            );
             declared += 1;
         }
     }
@@ -1759,6 +1763,10 @@ async fn batches_folded_across_chunks_equal_one_apply() {
             }
             assert_eq!(at, h.last());
         }
-        assert_eq!(digests(&folded).await, expected, "batches of {max_bytes} bytes");
+        assert_eq!(
+            digests(&folded).await,
+            expected,
+            "batches of {max_bytes} bytes"
+        );
     }
 }
