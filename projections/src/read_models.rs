@@ -20,7 +20,7 @@ use tandem_domain::envelope::Envelope;
 use crate::consumer::{BoxError, Sink};
 use crate::projector::Projector;
 use crate::rows::RowOps;
-use crate::tables::{commit_batch, ApplyError, LIVE_SCHEMA, MAX_SQL_BYTES};
+use crate::tables::{commit_batch, ApplyError, INLINE_MAX_BYTES, LIVE_SCHEMA, MAX_SQL_BYTES};
 
 pub struct ReadModels {
     pool: PgPool,
@@ -116,7 +116,7 @@ impl ReadModels {
         if moves.is_empty() {
             return Ok(());
         }
-        commit_batch(&self.pool, LIVE_SCHEMA, &moves, to, rows).await?;
+        commit_batch(&self.pool, LIVE_SCHEMA, &moves, to, rows, INLINE_MAX_BYTES).await?;
         for position in at.iter_mut() {
             *position = (*position).max(to);
         }

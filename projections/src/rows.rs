@@ -6,8 +6,10 @@
 //! insert then a delete is nothing. The folded batch is rendered as one
 //! statement per table and kind (deletes first, then inserts, upserts,
 //! counters, updates) whose rows arrive as one typed array per column
-//! (`unnest($1::uuid[], ...)`, never values spliced into SQL), so a batch
-//! of thousands of events costs a handful of statements. Rows are
+//! (`unnest($1::uuid[], ...)`), so a batch of thousands of events costs a
+//! handful of statements. They run bound ([`RowOps::execute`], a round
+//! trip each) or are written out as one SQL text with typed literals
+//! ([`RowOps::render`], for a small batch that goes in one round trip). Rows are
 //! independent, so the order across rows does not matter; where it would
 //! (an operation that does not fold, a statement on many rows), the fold
 //! so far is flushed first and order is kept.
@@ -16,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 
-use crate::sql::{bind_one, Column, Lit, MixedColumn};
+use crate::sql::{bind_one, inline, Column, InlineError, Lit, MixedColumn};
 
 pub type Col = &'static str;
 
@@ -229,12 +231,36 @@ impl RowOps {
         }
         Ok(())
     }
+
+    /// Appends everything to `out` as SQL statements with their values
+    /// inlined, each ended by `;`, in the order [`RowOps::execute`] runs
+    /// them.
+    pub fn render(mut self, out: &mut String) -> Result<(), RowsError> {
+        self.flush();
+        for part in self.flushed {
+            match part {
+                Flushed::Rows(rows) => {
+                    for (sql, columns) in statements(rows)? {
+                        inline(&sql, &columns, out)?;
+                        out.push_str(";\n");
+                    }
+                }
+                Flushed::Statement(template, args) => {
+                    inline(&template, &args, out)?;
+                    out.push_str(";\n");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RowsError {
     #[error(transparent)]
     Mixed(#[from] MixedColumn),
+    #[error(transparent)]
+    Inline(#[from] InlineError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

@@ -1,7 +1,16 @@
 //! [`Lit`]: a typed SQL value as projectors produce it, and how values
-//! travel to Postgres: never as text spliced into SQL, always as bound
-//! parameters, a column of many rows as one typed array ([`Column`]) that
-//! the statement `unnest`s.
+//! travel to Postgres: as bound parameters, a column of many rows as one
+//! typed array ([`Column`]) that the statement `unnest`s; or, for a small
+//! live batch that must reach Postgres in one round trip, written into the
+//! statement as typed literals ([`inline`]).
+//!
+//! Inlining is the one place values become SQL text, so it is strict: every
+//! text goes into an escape string (`E'...'`, whose quoting does not depend
+//! on `standard_conforming_strings`) with `\` and `'` escaped, arrays go
+//! in Postgres's array syntax inside such a string, every literal carries
+//! its type, and a NUL byte (which would end the query text early) is
+//! refused. Times are written to the microsecond, truncated, exactly as
+//! binding them does.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgArguments;
@@ -224,9 +233,182 @@ pub fn bind_one(
     }
 }
 
+/// A value that cannot be written into SQL text.
+#[derive(Debug, thiserror::Error)]
+pub enum InlineError {
+    #[error("a text value holds a NUL byte")]
+    Nul,
+    #[error("statement parameter ${0} has no value")]
+    MissingParameter(usize),
+}
+
+/// Something that can stand for a `$n` parameter as SQL text.
+pub trait Inline {
+    fn write_sql(&self, out: &mut String) -> Result<(), InlineError>;
+}
+
+/// `s` as an escape-string literal.
+fn write_escaped(out: &mut String, s: &str) -> Result<(), InlineError> {
+    if s.contains('\0') {
+        return Err(InlineError::Nul);
+    }
+    out.reserve(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(())
+}
+
+/// Postgres's text form of a time, to the microsecond (truncated, as the
+/// binary encoding does).
+fn time_text(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+impl Inline for Lit {
+    fn write_sql(&self, out: &mut String) -> Result<(), InlineError> {
+        match self {
+            Lit::Null(ty) => {
+                let _ = write!(out, "NULL::{ty}");
+            }
+            Lit::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Lit::Int(i) => {
+                let _ = write!(out, "'{i}'::bigint");
+            }
+            Lit::Text(t) => {
+                write_escaped(out, t)?;
+                out.push_str("::text");
+            }
+            Lit::Uuid(u) => {
+                let _ = write!(out, "'{u}'::uuid");
+            }
+            Lit::Time(t) => {
+                let _ = write!(out, "'{}'::timestamptz", time_text(t));
+            }
+            Lit::Date(d) => {
+                let _ = write!(out, "'{}'::date", d.format("%Y-%m-%d"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One array element in Postgres's array syntax: always double-quoted,
+/// with `\` and `"` escaped.
+fn push_element(array: &mut String, value: Option<&str>) {
+    match value {
+        None => array.push_str("NULL"),
+        Some(v) => {
+            array.push('"');
+            for c in v.chars() {
+                if c == '"' || c == '\\' {
+                    array.push('\\');
+                }
+                array.push(c);
+            }
+            array.push('"');
+        }
+    }
+}
+
+impl Inline for Column {
+    fn write_sql(&self, out: &mut String) -> Result<(), InlineError> {
+        fn elements<T>(values: &[Option<T>], text: impl Fn(&T) -> String) -> String {
+            let mut array = String::from("{");
+            for (i, value) in values.iter().enumerate() {
+                if i > 0 {
+                    array.push(',');
+                }
+                push_element(&mut array, value.as_ref().map(&text).as_deref());
+            }
+            array.push('}');
+            array
+        }
+        let array = match self {
+            Column::Bool(v) => elements(v, |b| if *b { "t" } else { "f" }.to_owned()),
+            Column::Int(v) => elements(v, ToString::to_string),
+            Column::Text(v) => elements(v, Clone::clone),
+            Column::Uuid(v) => elements(v, ToString::to_string),
+            Column::Time(v) => elements(v, time_text),
+            Column::Date(v) => elements(v, |d| d.format("%Y-%m-%d").to_string()),
+        };
+        write_escaped(out, &array)?;
+        let _ = write!(out, "::{}", self.array_type());
+        Ok(())
+    }
+}
+
+/// Appends `template` to `out` with each `$n` outside quoted text replaced
+/// by `args[n - 1]` written as SQL. Templates are this crate's own SQL.
+pub fn inline<T: Inline>(template: &str, args: &[T], out: &mut String) -> Result<(), InlineError> {
+    let bytes = template.as_bytes();
+    let mut quoted = false;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'$' if !quoted && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                let n: usize = template[i + 1..i + 1 + digits]
+                    .parse()
+                    .map_err(|_| InlineError::MissingParameter(0))?;
+                let arg = n
+                    .checked_sub(1)
+                    .and_then(|k| args.get(k))
+                    .ok_or(InlineError::MissingParameter(n))?;
+                out.push_str(&template[copied..i]);
+                arg.write_sql(out)?;
+                i += 1 + digits;
+                copied = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&template[copied..]);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inlined_values_are_typed_escaped_literals() {
+        let mut sql = String::new();
+        let args = vec![
+            Lit::from("it's a \\ $1"),
+            Lit::Null("uuid"),
+            Lit::Int(-7),
+            Lit::Bool(true),
+        ];
+        inline("SELECT $1, '$2', $2, $3, $4, $10", &args, &mut sql).unwrap_err();
+        sql.clear();
+        inline("SELECT $1, '$2', $2, $3, $4", &args, &mut sql).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT E'it''s a \\\\ $1'::text, '$2', NULL::uuid, '-7'::bigint, true"
+        );
+        let column = Column::Text(vec![Some("a\"b\\c,{}".into()), None]);
+        sql.clear();
+        inline("$1", &[column], &mut sql).unwrap();
+        assert_eq!(sql, "E'{\"a\\\\\"b\\\\\\\\c,{}\",NULL}'::text[]");
+        assert!(matches!(
+            inline("$1", &[Lit::from("a\0b")], &mut String::new()),
+            Err(InlineError::Nul)
+        ));
+    }
 
     #[test]
     fn columns_take_their_type_from_values_or_from_typed_nulls() {

@@ -1357,9 +1357,10 @@ const NASTY: &[&str] = &[
     "/* not a comment */ -- nor this",
 ];
 
-/// Writes every [`NASTY`] string through each projector's text columns
-/// and reads them back.
-async fn assert_text_round_trips(pool: &PgPool) {
+/// Writes every [`NASTY`] string through each projector's text columns,
+/// inlined in the batch's SQL text or bound as `inline_up_to` says, and
+/// reads them back.
+async fn assert_text_round_trips(pool: &PgPool, inline_up_to: usize) {
     let owner = UserId::generate();
     let mut log = Log::starting_at(Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap());
     let mut expected = Vec::new();
@@ -1432,7 +1433,7 @@ async fn assert_text_round_trips(pool: &PgPool) {
     );
     let last = log.events.len() as i64;
     for projector in tandem_projections::models::all() {
-        let projection = TableProjection::live(pool.clone(), projector);
+        let projection = TableProjection::live(pool.clone(), projector).inline_up_to(inline_up_to);
         assert_eq!(projection.apply(0, &log.events).await.unwrap(), last);
     }
 
@@ -1498,18 +1499,30 @@ async fn assert_text_round_trips(pool: &PgPool) {
     assert_eq!(activity_types, 6);
 }
 
+/// Both ways a batch travels: values inlined as literals in one SQL text,
+/// and bound.
+const INLINED_AND_BOUND: [usize; 2] = [usize::MAX, 0];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_round_trips_exactly() {
-    let url = fresh_database().await;
-    let pool = pool(&url, 4).await;
-    assert_text_round_trips(&pool).await;
+    for inline_up_to in INLINED_AND_BOUND {
+        let url = fresh_database().await;
+        let pool = pool(&url, 4).await;
+        assert_text_round_trips(&pool, inline_up_to).await;
+    }
 }
 
-/// `SqlBatch` says the batch pins `standard_conforming_strings = on`, so a
-/// backslash is just a backslash: text must round-trip, and never run as
-/// SQL, even where the database's default is `off`.
+/// Inlined text goes in escape strings (`E'...'`), whose quoting does not
+/// depend on `standard_conforming_strings`: text must round-trip, and
+/// never run as SQL, even where the database's default is `off`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_round_trips_where_strings_are_not_standard_conforming_by_default() {
+    for inline_up_to in INLINED_AND_BOUND {
+        text_round_trips_without_standard_conforming_strings(inline_up_to).await;
+    }
+}
+
+async fn text_round_trips_without_standard_conforming_strings(inline_up_to: usize) {
     let url = fresh_database().await;
     let setup = pool(&url, 1).await;
     let name: String = sqlx::query_scalar("SELECT current_database()")
@@ -1544,7 +1557,8 @@ async fn text_round_trips_where_strings_are_not_standard_conforming_by_default()
         1,
         Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap(),
     );
-    let projection = TableProjection::new(pool.clone(), Arc::new(Files), "read", "files-scs");
+    let projection = TableProjection::new(pool.clone(), Arc::new(Files), "read", "files-scs")
+        .inline_up_to(inline_up_to);
     let applied = projection.apply(0, &[save]).await;
     let users: Option<String> = sqlx::query_scalar("SELECT to_regclass('read.users')::text")
         .fetch_one(&pool)
@@ -1561,7 +1575,7 @@ async fn text_round_trips_where_strings_are_not_standard_conforming_by_default()
         .unwrap();
     assert_eq!(stored, content);
 
-    assert_text_round_trips(&pool).await;
+    assert_text_round_trips(&pool, inline_up_to).await;
 }
 
 #[tokio::test]
@@ -1769,4 +1783,32 @@ async fn batches_folded_across_chunks_equal_one_apply() {
             "batches of {max_bytes} bytes"
         );
     }
+}
+
+/// A batch inlined in one SQL text leaves exactly what the same batch
+/// bound does, times included (truncated to the microsecond both ways).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inlined_batches_equal_bound_ones() {
+    let mut log = history().log;
+    for (n, event) in log.iter_mut().enumerate() {
+        event.time += chrono::Duration::nanoseconds(123_456_789 + n as i64 * 1_001);
+    }
+    let mut found = Vec::new();
+    for inline_up_to in INLINED_AND_BOUND {
+        let pool = pool(&fresh_database().await, 4).await;
+        for projector in tandem_projections::models::all() {
+            let projection =
+                TableProjection::live(pool.clone(), projector).inline_up_to(inline_up_to);
+            assert_eq!(projection.apply(0, &log).await.unwrap(), log.len() as i64);
+        }
+        let stamps: Vec<String> = sqlx::query_scalar(
+            "SELECT to_char(updated_at, 'HH24:MI:SS.US') FROM read.files ORDER BY file_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(!stamps.is_empty());
+        found.push((digests(&pool).await, stamps));
+    }
+    assert_eq!(found[0], found[1]);
 }
