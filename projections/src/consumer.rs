@@ -13,6 +13,9 @@
 //! One process applies a projection at a time (a session advisory lock per
 //! projection); others stand by, and the checkpoint guard makes even a
 //! split brain harmless.
+//!
+//! A sink that took over others' work ([`Sink::replaces`]: the read models,
+//! once a consumer each) deletes their durable consumers at start.
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +41,17 @@ pub trait Sink: Send + Sync {
         after: i64,
         events: &[Envelope],
     ) -> impl Future<Output = Result<i64, BoxError>> + Send;
+    /// Names of sinks whose work this one took over: their durable
+    /// consumers, left behind by an earlier version, are deleted at start.
+    fn replaces(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The durable consumer's role (as in [`BusNames::consumer`]) of the sink
+/// named `sink`.
+fn role(sink: &str) -> String {
+    format!("projection-{sink}")
 }
 
 #[derive(Clone, Debug)]
@@ -98,14 +112,40 @@ impl<S: Sink> Consumer<S> {
     }
 
     fn durable_name(&self) -> String {
-        self.names
-            .consumer(&format!("projection-{}", self.sink.name()))
+        self.names.consumer(&role(self.sink.name()))
+    }
+
+    /// Deletes the durable consumers of the sinks this one replaced. Left
+    /// alone they would sit on the server forever, each with its own
+    /// state; nothing reads them. Best effort: with no stream yet (a fresh
+    /// install) or no such consumer there is nothing to do.
+    async fn retire_replaced(&self) {
+        let replaced = self.sink.replaces();
+        if replaced.is_empty() {
+            return;
+        }
+        let Ok(stream) = self.js.get_stream(self.names.events_stream()).await else {
+            return;
+        };
+        for sink in replaced {
+            let durable = self.names.consumer(&role(&sink));
+            match stream.delete_consumer(&durable).await {
+                Ok(_) => tracing::info!(
+                    consumer = durable,
+                    "deleted a durable consumer this version no longer uses"
+                ),
+                Err(e) => {
+                    tracing::debug!(consumer = durable, error = %e, "no old consumer to delete")
+                }
+            }
+        }
     }
 
     /// Consumes until `shutdown` resolves, retrying with backoff through
     /// outages (NATS down, stream missing until the relay creates it).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let work = async {
+            self.retire_replaced().await;
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.lead().await {

@@ -139,4 +139,13 @@ impl Sink for ReadModels {
     async fn apply(&self, after: i64, events: &[Envelope]) -> Result<i64, BoxError> {
         Ok(ReadModels::apply(self, after, events).await?)
     }
+
+    /// Each projection had a consumer of its own before they were applied
+    /// together.
+    fn replaces(&self) -> Vec<String> {
+        self.projectors
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect()
+    }
 }

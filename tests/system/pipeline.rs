@@ -433,3 +433,77 @@ async fn hot_state_follows_membership_and_job_status() {
         .unwrap();
     assert_eq!(project_of, project.to_string());
 }
+
+/// The consumer names of `names` that exist on the events stream.
+async fn consumers_on_stream(js: &jetstream::Context, names: &BusNames) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut stream = js.get_stream(names.events_stream()).await.unwrap();
+    stream.consumer_names().try_collect().await.unwrap()
+}
+
+/// Before the read models were applied together each had a durable
+/// consumer of its own; the set's consumer deletes those at start and
+/// leaves every other consumer alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_an_earlier_version_left_behind_are_deleted_at_start() {
+    use async_nats::jetstream::consumer::pull;
+    use tandem_projections::consumer::{Consumer, ConsumerConfig};
+    use tandem_projections::{models, ReadModels};
+
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    app.create_project(&owner).await;
+    let names = names(&app);
+    let js = jetstream().await;
+    let stream = eventually(Duration::from_secs(10), || async {
+        js.get_stream(names.events_stream()).await.ok()
+    })
+    .await;
+    let old: Vec<String> = models::all()
+        .iter()
+        .map(|p| names.consumer(&format!("projection-{}", p.name())))
+        .collect();
+    let unrelated = names.consumer("someone-else");
+    for name in old.iter().chain([&unrelated]) {
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let before = consumers_on_stream(&js, &names).await;
+    assert!(old.iter().all(|name| before.contains(name)), "{before:?}");
+
+    let consumer = Consumer::new(
+        ReadModels::live(app.pool.clone(), models::all()),
+        async_nats::connect(nats_url()).await.unwrap(),
+        names.clone(),
+        app.pool.clone(),
+        ConsumerConfig::default(),
+    );
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let run = tokio::spawn(async move { consumer.run(stopped.cancelled()).await });
+    let after = eventually(Duration::from_secs(10), || async {
+        let now = consumers_on_stream(&js, &names).await;
+        old.iter().all(|name| !now.contains(name)).then_some(now)
+    })
+    .await;
+    assert!(after.contains(&unrelated), "{after:?}");
+    // The read models' own consumer is (re)created and stays.
+    let current = names.consumer("projection-read-models");
+    eventually(Duration::from_secs(10), || async {
+        consumers_on_stream(&js, &names)
+            .await
+            .contains(&current)
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await.unwrap();
+    let last = consumers_on_stream(&js, &names).await;
+    assert!(last.contains(&current), "{last:?}");
+    assert!(old.iter().all(|name| !last.contains(name)), "{last:?}");
+}
