@@ -437,7 +437,7 @@ async fn hot_state_follows_membership_and_job_status() {
 /// The consumer names of `names` that exist on the events stream.
 async fn consumers_on_stream(js: &jetstream::Context, names: &BusNames) -> Vec<String> {
     use futures::TryStreamExt;
-    let mut stream = js.get_stream(names.events_stream()).await.unwrap();
+    let stream = js.get_stream(names.events_stream()).await.unwrap();
     stream.consumer_names().try_collect().await.unwrap()
 }
 
