@@ -9,6 +9,8 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tandem_commands::db::{self, PoolConfig};
 use tandem_commands::jobs::{JobDesk, JobDeskConfig};
+use tandem_commands::notifications::{Notice, Notifications};
+use tandem_commands::positions::{APPENDED_CHANNEL, SEQUENCED_CHANNEL};
 use tandem_commands::relay::{Relay, RelayConfig};
 use tandem_commands::sequencer::{Sequencer, SequencerConfig};
 use tandem_commands::{WriteSide, WriteSideConfig};
@@ -21,7 +23,7 @@ use tandem_gateway::redis_keys::RedisState;
 use tandem_gateway::{AppState, GatewayConfig, Shared};
 use tandem_projections::consumer::{Consumer, ConsumerConfig, Sink};
 use tandem_projections::hot::HotState;
-use tandem_projections::positions::ReadPositions;
+use tandem_projections::positions::{Heard, ReadPositions, PROJECTED_CHANNEL};
 use tandem_projections::{models, ReadModels};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -142,12 +144,21 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let pool = connections.pool.clone();
-        let write = WriteSide::start(pool.clone(), &options.write)
+        // One LISTEN connection for every role of this process.
+        let notifications = Notifications::listen(
+            &pool,
+            &[APPENDED_CHANNEL, SEQUENCED_CHANNEL, PROJECTED_CHANNEL],
+        )
+        .await
+        .context("listening for Postgres notifications")?;
+        let write = WriteSide::start(pool.clone(), &options.write, Some(&notifications))
             .await
             .context("starting the write side")?;
         let local_sequencer = options.sequencer.is_some().then(|| write.local_sequencer());
         if let (Some(config), Some(local)) = (options.sequencer, &local_sequencer) {
-            let sequencer = Sequencer::new(pool.clone(), config).with_local(local.clone());
+            let sequencer = Sequencer::new(pool.clone(), config)
+                .with_local(local.clone())
+                .hearing(notifications.clone());
             tasks.push(run_sequencer(sequencer, shutdown.clone()));
         }
         let names = BusNames::new(&options.gateway.namespace)?;
@@ -157,7 +168,8 @@ impl Stack {
                 connections.relay_nats.clone(),
                 names.clone(),
                 config,
-            );
+            )
+            .hearing(notifications.clone());
             let relay = match &local_sequencer {
                 Some(local) => relay.woken_by(local.clone()),
                 None => relay,
@@ -188,9 +200,8 @@ impl Stack {
                 shutdown.clone(),
             )?);
         }
-        let positions = ReadPositions::spawn(pool.clone(), projection_names())
-            .await
-            .context("listening to the read side's progress")?;
+        let positions =
+            ReadPositions::hearing(pool.clone(), projection_names(), projected(&notifications));
         let cache = QueryCache::new();
         tandem_gateway::read::spawn_invalidator(
             connections.nats.clone(),
@@ -308,6 +319,21 @@ pub fn spawn_relay(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     run_relay(Relay::new(pool, nats, names, config), shutdown)
+}
+
+/// `tandem_projected` through the shared listener, as the read positions
+/// hear it.
+fn projected(notifications: &Notifications) -> Heard {
+    use futures::StreamExt;
+    let subscription = notifications.subscribe(PROJECTED_CHANNEL);
+    futures::stream::unfold(subscription, |mut subscription| async move {
+        let heard = match subscription.recv().await {
+            Notice::Payload(payload) => Some(payload),
+            Notice::Missed => None,
+        };
+        Some((heard, subscription))
+    })
+    .boxed()
 }
 
 fn run_relay(relay: Relay, shutdown: CancellationToken) -> JoinHandle<()> {

@@ -31,6 +31,7 @@ pub mod event_store;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
+pub mod notifications;
 pub mod passwords;
 pub mod positions;
 pub mod relay;

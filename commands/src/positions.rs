@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+
+use crate::notifications::{Notice, Notifications};
 
 pub const APPENDED_CHANNEL: &str = "tandem_appended";
 pub const SEQUENCED_CHANNEL: &str = "tandem_sequenced";
@@ -174,6 +175,14 @@ impl Sequenced {
         Some(first + listed - 1)
     }
 
+    /// A batch that says nothing of its events: every waiter looks.
+    fn unlisted() -> Self {
+        Self {
+            first: 0,
+            events: Vec::new(),
+        }
+    }
+
     /// The notification did not say which events it covers.
     pub fn is_unlisted(&self) -> bool {
         self.events.is_empty()
@@ -281,27 +290,26 @@ pub struct PositionWaiter {
 }
 
 impl PositionWaiter {
-    /// Spawns the `tandem_sequenced` listener. `timeout` bounds every wait.
-    pub async fn spawn(pool: PgPool, timeout: Duration) -> Result<Self, sqlx::Error> {
+    /// Spawns the task that hears `tandem_sequenced`, through the
+    /// process's shared listener when given, else a connection of its own.
+    /// `timeout` bounds every wait.
+    pub async fn spawn(
+        pool: PgPool,
+        timeout: Duration,
+        shared: Option<&Notifications>,
+    ) -> Result<Self, sqlx::Error> {
+        let mut heard = Notifications::subscribe_to(shared, &pool, SEQUENCED_CHANNEL).await?;
         let waiting = Arc::new(Waiting::default());
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(SEQUENCED_CHANNEL).await?;
         let delivering = waiting.clone();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(n) => match Sequenced::parse(n.payload()) {
+                match heard.recv().await {
+                    Notice::Payload(payload) => match Sequenced::parse(&payload) {
                         Some(batch) => delivering.deliver(&batch),
-                        None => tracing::warn!(payload = n.payload(), "unreadable notification"),
+                        None => tracing::warn!(payload = &*payload, "unreadable notification"),
                     },
-                    // The process is shutting down.
-                    Err(sqlx::Error::PoolClosed) => return,
-                    Err(e) => {
-                        // PgListener reconnects on the next recv; meanwhile
-                        // waiters fall back to polling.
-                        tracing::warn!(error = %e, "sequenced-listener lost its connection");
-                        tokio::time::sleep(FALLBACK_POLL).await;
-                    }
+                    // Some may have gone by: everyone waiting looks.
+                    Notice::Missed => delivering.deliver(&Sequenced::unlisted()),
                 }
             }
         });

@@ -34,13 +34,13 @@ use std::time::Duration;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tandem_domain::envelope::{BusNames, Envelope};
 use tandem_domain::work::WorkItem;
 
 use crate::jobs::dispatch;
 use crate::log::{self, LoggedEvent};
+use crate::notifications::{Notice, Notifications, Subscription};
 use crate::positions::{notified_or_never, LocalSequencer, Sequenced, SEQUENCED_CHANNEL};
 
 /// Advisory-lock key of the relay leader ("tandem" + 2).
@@ -78,6 +78,8 @@ pub struct Relay {
     /// An in-process sequencer: its wake-up after each step, and the head
     /// it last numbered.
     local: Option<LocalSequencer>,
+    /// The process's shared listener; without it, a connection of our own.
+    notifications: Option<Notifications>,
 }
 
 /// Why a round stopped before publishing everything it read.
@@ -111,7 +113,15 @@ impl Relay {
             names,
             config,
             local: None,
+            notifications: None,
         }
+    }
+
+    /// Hears the sequencer's notifications through the process's shared
+    /// listener.
+    pub fn hearing(mut self, notifications: Notifications) -> Self {
+        self.notifications = Some(notifications);
+        self
     }
 
     /// Also wakes on the steps of the sequencer in this process, and while
@@ -158,8 +168,9 @@ impl Relay {
     async fn lead(&self) -> Result<Infallible, BoxError> {
         let mut conn =
             crate::db::lead(&self.pool, RELAY_LOCK_KEY, self.config.standby_interval).await?;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(SEQUENCED_CHANNEL).await?;
+        let mut sequenced =
+            Notifications::subscribe_to(self.notifications.as_ref(), &self.pool, SEQUENCED_CHANNEL)
+                .await?;
         tracing::info!(stream = self.names.events_stream(), "relay is leading");
         // After a restart the checkpoint may trail the stream (a crash
         // between publish and checkpoint): resume from it and let
@@ -188,7 +199,7 @@ impl Relay {
                 save_checkpoint(&mut conn, &stream, checkpoint).await?;
             }
             match self
-                .publish_from(&mut conn, &mut listener, checkpoint)
+                .publish_from(&mut conn, &mut sequenced, checkpoint)
                 .await
             {
                 Interrupted::Resync => refused = true,
@@ -256,7 +267,7 @@ impl Relay {
     async fn publish_from(
         &self,
         conn: &mut PgConnection,
-        listener: &mut PgListener,
+        sequenced: &mut Subscription,
         mut checkpoint: i64,
     ) -> Interrupted {
         let stream = self.names.events_stream();
@@ -324,12 +335,8 @@ impl Relay {
                 loop {
                     let local = notified_or_never(self.local.as_ref().map(|l| &*l.sequenced));
                     tokio::select! {
-                        n = listener.recv() => {
-                            let newest = match n {
-                                Ok(n) => Sequenced::last_listed(n.payload()),
-                                Err(e) => return e.into(),
-                            };
-                            let newest = drain_newest(listener, newest);
+                        notice = sequenced.recv() => {
+                            let newest = drain_newest(sequenced, last_listed(&notice));
                             // A local wake-up already read this far.
                             if newest.is_some_and(|p| p <= sent) {
                                 continue;
@@ -534,12 +541,19 @@ async fn save_checkpoint(
 
 /// The newest position of `first` and the notifications buffered behind
 /// it; `None` if any of them does not say (then the log must be read).
-fn drain_newest(listener: &mut PgListener, first: Option<i64>) -> Option<i64> {
+/// The last position `notice` lists; `None` when it does not say (an
+/// unlisted batch, or notifications were missed).
+fn last_listed(notice: &Notice) -> Option<i64> {
+    match notice {
+        Notice::Payload(payload) => Sequenced::last_listed(payload),
+        Notice::Missed => None,
+    }
+}
+
+fn drain_newest(sequenced: &mut Subscription, first: Option<i64>) -> Option<i64> {
     let mut newest = first;
-    while let Some(n) = listener.next_buffered() {
-        newest = newest
-            .zip(Sequenced::last_listed(n.payload()))
-            .map(|(a, b)| a.max(b));
+    while let Some(notice) = sequenced.try_recv() {
+        newest = newest.zip(last_listed(&notice)).map(|(a, b)| a.max(b));
     }
     newest
 }

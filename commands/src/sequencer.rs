@@ -17,15 +17,16 @@
 //!
 //! Only the holder of a session advisory lock sequences (the others stand
 //! by); the row lock makes even a split-brain leader harmless. It wakes on
-//! `NOTIFY tandem_appended` and polls as a fallback.
+//! `NOTIFY tandem_appended` (through the process's shared listener when it
+//! runs in the stack) and polls as a fallback.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 
+use crate::notifications::Notifications;
 use crate::positions::{notified_or_never, LocalSequencer, APPENDED_CHANNEL, UNKNOWN_HEAD};
 
 /// Advisory-lock key of the sequencer leader ("tandem" + 1).
@@ -56,6 +57,8 @@ pub struct Sequencer {
     config: SequencerConfig,
     /// Appends in this process wake us directly, without a NOTIFY trip.
     local: Option<LocalSequencer>,
+    /// The process's shared listener; without it, a connection of our own.
+    notifications: Option<Notifications>,
 }
 
 /// The result of one step.
@@ -71,11 +74,19 @@ impl Sequencer {
             pool,
             config,
             local: None,
+            notifications: None,
         }
     }
 
     pub fn with_local(mut self, local: LocalSequencer) -> Self {
         self.local = Some(local);
+        self
+    }
+
+    /// Hears other processes' appends through the process's shared
+    /// listener.
+    pub fn hearing(mut self, notifications: Notifications) -> Self {
+        self.notifications = Some(notifications);
         self
     }
 
@@ -122,8 +133,9 @@ impl Sequencer {
         // and the steps run on it, so losing it stops us from sequencing.
         let mut conn =
             crate::db::lead(&self.pool, LEADER_LOCK_KEY, self.config.standby_interval).await?;
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(APPENDED_CHANNEL).await?;
+        let mut appended =
+            Notifications::subscribe_to(self.notifications.as_ref(), &self.pool, APPENDED_CHANNEL)
+                .await?;
         tracing::info!("sequencer is leading");
         self.set_leading(true);
         loop {
@@ -144,10 +156,8 @@ impl Sequencer {
             }
             let local = notified_or_never(self.local.as_ref().map(|l| &*l.wake));
             tokio::select! {
-                n = listener.recv() => {
-                    n?;
-                    while listener.next_buffered().is_some() {}
-                }
+                // A payload or a miss: either way, step.
+                _ = appended.recv() => while appended.try_recv().is_some() {},
                 () = local => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }

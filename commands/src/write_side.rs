@@ -11,6 +11,7 @@ use crate::bus::CommandBus;
 use crate::directory::EventStoreDirectory;
 use crate::event_store::BatchedEventStore;
 use crate::idempotency::IdempotencyStore;
+use crate::notifications::Notifications;
 use crate::passwords::PasswordHasher;
 use crate::positions::{AppendNotifier, PositionWaiter};
 use crate::sessions::Sessions;
@@ -51,12 +52,17 @@ pub struct WriteSide {
 
 impl WriteSide {
     /// Spawns the write side's background tasks (append notifier, position
-    /// listener) on the current runtime.
-    pub async fn start(pool: PgPool, config: &WriteSideConfig) -> Result<Self, sqlx::Error> {
+    /// listener) on the current runtime; the position listener hears the
+    /// sequencer through `shared` when given.
+    pub async fn start(
+        pool: PgPool,
+        config: &WriteSideConfig,
+        shared: Option<&Notifications>,
+    ) -> Result<Self, sqlx::Error> {
         let events = BatchedEventStore::new(&pool);
         let directory = Arc::new(EventStoreDirectory::new(pool.clone(), &events));
         let notifier = AppendNotifier::spawn(pool.clone());
-        let positions = PositionWaiter::spawn(pool.clone(), config.position_wait).await?;
+        let positions = PositionWaiter::spawn(pool.clone(), config.position_wait, shared).await?;
         let bus = CommandBus::new(&events, directory.clone(), notifier.clone(), positions);
         let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_duty_percent);
         Ok(Self {

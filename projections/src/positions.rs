@@ -5,16 +5,23 @@
 //! checkpoint is at least `p`: a query may join several read models (files
 //! with memberships), so waiting on all of them is what makes "I see my
 //! write" true for any query. Checkpoint changes arrive by `NOTIFY
-//! tandem_projected` (sent at commit by a trigger); a poll covers lost
+//! tandem_projected` (sent at commit by a trigger), on a listener of its
+//! own or through the process's shared one ([`Heard`]); a poll covers lost
 //! notifications and listener reconnects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, StreamExt};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
+
+/// `tandem_projected` as heard: a payload, or `None` when some may have
+/// been missed (the checkpoints are read again). The stream ends with the
+/// process.
+pub type Heard = BoxStream<'static, Option<Arc<str>>>;
 
 pub const PROJECTED_CHANNEL: &str = "tandem_projected";
 
@@ -28,12 +35,29 @@ pub struct ReadPositions {
 }
 
 impl ReadPositions {
-    /// Spawns the listener; `required` are the projections queries read.
+    /// Spawns the follower on a listener of its own; `required` are the
+    /// projections queries read.
     pub async fn spawn(pool: PgPool, required: Vec<String>) -> Result<Self, sqlx::Error> {
-        let (tx, read_side) = watch::channel(0);
-        let by_projection = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(PROJECTED_CHANNEL).await?;
+        let heard = futures::stream::unfold(listener, |mut listener| async move {
+            match listener.recv().await {
+                Ok(n) => Some((Some(Arc::from(n.payload())), listener)),
+                Err(sqlx::Error::PoolClosed) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "projection listener lost its connection");
+                    Some((None, listener))
+                }
+            }
+        });
+        Ok(Self::hearing(pool, required, heard.boxed()))
+    }
+
+    /// Spawns the follower on `heard` (`tandem_projected` through the
+    /// process's shared listener).
+    pub fn hearing(pool: PgPool, required: Vec<String>, mut heard: Heard) -> Self {
+        let (tx, read_side) = watch::channel(0);
+        let by_projection = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let shared = by_projection.clone();
         let update = move |name: String, position: i64| {
             let min = {
@@ -63,29 +87,27 @@ impl ReadPositions {
                 tokio::pin!(deadline);
                 loop {
                     tokio::select! {
-                        n = listener.recv() => match n {
-                            Ok(n) => {
-                                if let Some((name, position)) = n.payload().split_once(' ') {
+                        n = heard.next() => match n {
+                            Some(Some(payload)) => {
+                                if let Some((name, position)) = payload.split_once(' ') {
                                     if let Ok(position) = position.parse() {
                                         update(name.to_owned(), position);
                                     }
                                 }
                             }
-                            Err(sqlx::Error::PoolClosed) => return,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "projection listener lost its connection");
-                                break;
-                            }
+                            // Some may have gone by: read them all again.
+                            Some(None) => break,
+                            None => return,
                         },
                         () = &mut deadline => break,
                     }
                 }
             }
         });
-        Ok(Self {
+        Self {
             read_side,
             by_projection,
-        })
+        }
     }
 
     /// The position every required projection has applied.

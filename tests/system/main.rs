@@ -10,6 +10,7 @@ mod convergence;
 mod errors;
 mod jobs;
 mod log;
+mod notifications;
 mod outages;
 mod pipeline;
 mod projectors;

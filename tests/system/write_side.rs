@@ -20,7 +20,9 @@ async fn write_side(app: &TestApp) -> WriteSide {
         position_wait: Duration::from_millis(500),
         ..WriteSideConfig::default()
     };
-    WriteSide::start(app.pool.clone(), &config).await.unwrap()
+    WriteSide::start(app.pool.clone(), &config, None)
+        .await
+        .unwrap()
 }
 
 fn ctx(actor: UserId) -> CommandContext {
