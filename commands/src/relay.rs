@@ -539,8 +539,6 @@ async fn save_checkpoint(
     Ok(())
 }
 
-/// The newest position of `first` and the notifications buffered behind
-/// it; `None` if any of them does not say (then the log must be read).
 /// The last position `notice` lists; `None` when it does not say (an
 /// unlisted batch, or notifications were missed).
 fn last_listed(notice: &Notice) -> Option<i64> {
@@ -550,6 +548,8 @@ fn last_listed(notice: &Notice) -> Option<i64> {
     }
 }
 
+/// The newest position of `first` and the notices buffered behind it;
+/// `None` if any of them does not say (then the log must be read).
 fn drain_newest(sequenced: &mut Subscription, first: Option<i64>) -> Option<i64> {
     let mut newest = first;
     while let Some(notice) = sequenced.try_recv() {
