@@ -243,8 +243,6 @@ pub(crate) async fn commit_batch(
         "BEGIN; SELECT set_config('search_path', {}, true), set_config('synchronous_commit', 'off', true); SELECT {advances}",
         quoted(&format!("{schema}, public")),
     );
-    // By hand, not `Pool::begin_with`: a failed multi-statement `BEGIN`
-    // there hands the connection back still inside the aborted block.
     let inlined = if rows.iter().map(RowOps::size).sum::<usize>() <= inline_up_to {
         Some(one_text(
             begin.clone(),
@@ -253,6 +251,8 @@ pub(crate) async fn commit_batch(
     } else {
         None
     };
+    // By hand, not `Pool::begin_with`: a failed multi-statement `BEGIN`
+    // there hands the connection back still inside the aborted block.
     let mut conn = OpenTransaction {
         conn: pool.acquire().await?,
         open: true,
