@@ -5,16 +5,15 @@
 //! checkpoint is at least `p`: a query may join several read models (files
 //! with memberships), so waiting on all of them is what makes "I see my
 //! write" true for any query. Checkpoint changes arrive by `NOTIFY
-//! tandem_projected` (sent at commit by a trigger), on a listener of its
-//! own or through the process's shared one ([`Heard`]); a poll covers lost
-//! notifications and listener reconnects.
+//! tandem_projected` (sent at commit by a trigger), through the process's
+//! shared listener ([`Heard`]); a poll covers lost notifications and
+//! listener reconnects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -35,26 +34,9 @@ pub struct ReadPositions {
 }
 
 impl ReadPositions {
-    /// Spawns the follower on a listener of its own; `required` are the
-    /// projections queries read.
-    pub async fn spawn(pool: PgPool, required: Vec<String>) -> Result<Self, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(PROJECTED_CHANNEL).await?;
-        let heard = futures::stream::unfold(listener, |mut listener| async move {
-            match listener.recv().await {
-                Ok(n) => Some((Some(Arc::from(n.payload())), listener)),
-                Err(sqlx::Error::PoolClosed) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "projection listener lost its connection");
-                    Some((None, listener))
-                }
-            }
-        });
-        Ok(Self::hearing(pool, required, heard.boxed()))
-    }
-
-    /// Spawns the follower on `heard` (`tandem_projected` through the
-    /// process's shared listener).
+    /// Spawns the follower on `heard` (`tandem_projected`, from the
+    /// process's shared listener); `required` are the projections queries
+    /// read.
     pub fn hearing(pool: PgPool, required: Vec<String>, mut heard: Heard) -> Self {
         let (tx, read_side) = watch::channel(0);
         let by_projection = Arc::new(std::sync::Mutex::new(BTreeMap::new()));

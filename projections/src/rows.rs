@@ -206,28 +206,40 @@ impl RowOps {
             .push(Flushed::Statement(template.to_owned(), args));
     }
 
-    /// Runs everything on `conn` (inside the caller's transaction), in order.
-    pub async fn execute(mut self, conn: &mut PgConnection) -> Result<(), RowsError> {
+    /// Every statement with its parameters, in the order they run.
+    fn into_statements(mut self) -> Result<Vec<(String, Params)>, MixedColumn> {
         self.flush();
+        let mut out = Vec::new();
         for part in self.flushed {
             match part {
-                Flushed::Rows(rows) => {
-                    for (sql, columns) in statements(rows)? {
-                        let mut query = sqlx::query(&sql);
-                        for column in columns {
-                            query = column.bind(query);
-                        }
-                        query.execute(&mut *conn).await?;
+                Flushed::Rows(rows) => out.extend(
+                    statements(rows)?
+                        .into_iter()
+                        .map(|(sql, columns)| (sql, Params::Columns(columns))),
+                ),
+                Flushed::Statement(template, args) => out.push((template, Params::Values(args))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs everything on `conn` (inside the caller's transaction), in order.
+    pub async fn execute(self, conn: &mut PgConnection) -> Result<(), RowsError> {
+        for (sql, params) in self.into_statements()? {
+            let mut query = sqlx::query(&sql);
+            match params {
+                Params::Columns(columns) => {
+                    for column in columns {
+                        query = column.bind(query);
                     }
                 }
-                Flushed::Statement(template, args) => {
-                    let mut query = sqlx::query(&template);
-                    for arg in args {
-                        query = bind_one(arg, query);
+                Params::Values(values) => {
+                    for value in values {
+                        query = bind_one(value, query);
                     }
-                    query.execute(&mut *conn).await?;
                 }
             }
+            query.execute(&mut *conn).await?;
         }
         Ok(())
     }
@@ -235,24 +247,23 @@ impl RowOps {
     /// Appends everything to `out` as SQL statements with their values
     /// inlined, each ended by `;`, in the order [`RowOps::execute`] runs
     /// them.
-    pub fn render(mut self, out: &mut String) -> Result<(), RowsError> {
-        self.flush();
-        for part in self.flushed {
-            match part {
-                Flushed::Rows(rows) => {
-                    for (sql, columns) in statements(rows)? {
-                        inline(&sql, &columns, out)?;
-                        out.push_str(";\n");
-                    }
-                }
-                Flushed::Statement(template, args) => {
-                    inline(&template, &args, out)?;
-                    out.push_str(";\n");
-                }
+    pub fn render(self, out: &mut String) -> Result<(), RowsError> {
+        for (sql, params) in self.into_statements()? {
+            match params {
+                Params::Columns(columns) => inline(&sql, &columns, out)?,
+                Params::Values(values) => inline(&sql, &values, out)?,
             }
+            out.push_str(";\n");
         }
         Ok(())
     }
+}
+
+/// A statement's parameters: whole columns of a set-based statement, or
+/// one value each of a hand-written one.
+enum Params {
+    Columns(Vec<Column>),
+    Values(Vec<Lit>),
 }
 
 #[derive(Debug, thiserror::Error)]

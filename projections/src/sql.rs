@@ -12,11 +12,13 @@
 //! refused. Times are written to the microsecond, truncated, exactly as
 //! binding them does.
 
+use std::borrow::Cow;
+use std::fmt::Write;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::Postgres;
-use std::fmt::Write;
 use uuid::Uuid;
 
 /// A value in a statement.
@@ -265,6 +267,10 @@ fn write_escaped(out: &mut String, s: &str) -> Result<(), InlineError> {
     Ok(())
 }
 
+fn date_text(d: &NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
 /// Postgres's text form of a time, to the microsecond (truncated, as the
 /// binary encoding does).
 fn time_text(t: &DateTime<Utc>) -> String {
@@ -292,7 +298,7 @@ impl Inline for Lit {
                 let _ = write!(out, "'{}'::timestamptz", time_text(t));
             }
             Lit::Date(d) => {
-                let _ = write!(out, "'{}'::date", d.format("%Y-%m-%d"));
+                let _ = write!(out, "'{}'::date", date_text(d));
             }
         }
         Ok(())
@@ -319,7 +325,7 @@ fn push_element(array: &mut String, value: Option<&str>) {
 
 impl Inline for Column {
     fn write_sql(&self, out: &mut String) -> Result<(), InlineError> {
-        fn elements<T>(values: &[Option<T>], text: impl Fn(&T) -> String) -> String {
+        fn elements<T>(values: &[Option<T>], text: impl Fn(&T) -> Cow<'_, str>) -> String {
             let mut array = String::from("{");
             for (i, value) in values.iter().enumerate() {
                 if i > 0 {
@@ -331,12 +337,12 @@ impl Inline for Column {
             array
         }
         let array = match self {
-            Column::Bool(v) => elements(v, |b| if *b { "t" } else { "f" }.to_owned()),
-            Column::Int(v) => elements(v, ToString::to_string),
-            Column::Text(v) => elements(v, Clone::clone),
-            Column::Uuid(v) => elements(v, ToString::to_string),
-            Column::Time(v) => elements(v, time_text),
-            Column::Date(v) => elements(v, |d| d.format("%Y-%m-%d").to_string()),
+            Column::Bool(v) => elements(v, |b| Cow::Borrowed(if *b { "t" } else { "f" })),
+            Column::Int(v) => elements(v, |i| Cow::Owned(i.to_string())),
+            Column::Text(v) => elements(v, |t| Cow::Borrowed(t.as_str())),
+            Column::Uuid(v) => elements(v, |u| Cow::Owned(u.to_string())),
+            Column::Time(v) => elements(v, |t| Cow::Owned(time_text(t))),
+            Column::Date(v) => elements(v, |d| Cow::Owned(date_text(d))),
         };
         write_escaped(out, &array)?;
         let _ = write!(out, "::{}", self.array_type());

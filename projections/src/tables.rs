@@ -196,13 +196,6 @@ pub struct Batch {
     to: i64,
 }
 
-impl Batch {
-    /// The checkpoint after it.
-    pub fn to(&self) -> i64 {
-        self.to
-    }
-}
-
 /// One batch's transaction: moves each `(checkpoint, from)` to `to`, then
 /// runs each of `rows` in `schema`, in order.
 ///
