@@ -387,3 +387,57 @@ async fn events_whose_ids_overflow_a_notification_are_still_sequenced() {
     assert_eq!(assert_gapless(&app.pool).await, 4);
     assert!(position_of(&app.pool, "after", 1).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_step_returns_exactly_the_events_it_sequenced() {
+    let url = fresh_database().await;
+    let pool = pool(&url, 4).await;
+    let mut writer = PgConnection::connect(&url).await.unwrap();
+    let mut sequencer = PgConnection::connect(&url).await.unwrap();
+
+    // Nothing to sequence: no events, and the head.
+    let (step, events) = Sequencer::step_logged(&mut sequencer, 100).await.unwrap();
+    assert_eq!((step.assigned, step.last_position), (0, 0));
+    assert!(events.is_empty());
+
+    sqlx::query("BEGIN").execute(&mut writer).await.unwrap();
+    for i in 1..=3 {
+        append(&mut writer, "a", i).await.unwrap();
+    }
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    for i in 1..=2 {
+        append(&mut writer, "b", i).await.unwrap();
+    }
+
+    // A batch smaller than the queue, then the rest.
+    let (first, first_events) = Sequencer::step_logged(&mut sequencer, 4).await.unwrap();
+    let (second, second_events) = Sequencer::step_logged(&mut sequencer, 4).await.unwrap();
+    assert_eq!((first.assigned, first.last_position), (4, 4));
+    assert_eq!((second.assigned, second.last_position), (1, 5));
+
+    let handed: Vec<_> = first_events.into_iter().chain(second_events).collect();
+    let read = tandem_commands::log::read_after(&pool, 0, 100)
+        .await
+        .unwrap();
+    let fields = |e: &tandem_commands::log::LoggedEvent| {
+        (
+            e.position,
+            e.event_id,
+            e.aggregate_id.clone(),
+            e.sequence,
+            e.payload.clone(),
+            e.recorded_at,
+        )
+    };
+    assert_eq!(read.len(), 5);
+    assert_eq!(
+        handed.iter().map(fields).collect::<Vec<_>>(),
+        read.iter().map(fields).collect::<Vec<_>>(),
+        "the step hands over what the log holds, in position order"
+    );
+
+    let (idle, events) = Sequencer::step_logged(&mut sequencer, 4).await.unwrap();
+    assert_eq!((idle.assigned, idle.last_position), (0, 5));
+    assert!(events.is_empty());
+    assert_eq!(assert_gapless(&pool).await, 5);
+}

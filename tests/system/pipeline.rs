@@ -507,3 +507,73 @@ async fn consumers_an_earlier_version_left_behind_are_deleted_at_start() {
     assert!(last.contains(&current), "{last:?}");
     assert!(old.iter().all(|name| !last.contains(name)), "{last:?}");
 }
+
+/// The in-process relay publishes what the sequencer handed over when it
+/// continues from the relay's position, and reads the log when it does
+/// not. To tell the two apart, the handed-over copies carry a marked
+/// payload (a real handoff holds the log's own events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_takes_handed_over_events_that_continue_its_position_and_reads_the_rest() {
+    use tandem_commands::positions::LocalSequencer;
+    use tandem_commands::relay::Relay;
+    use tandem_commands::sequencer::Sequencer;
+
+    let app = spawn_app_with(|o| {
+        o.sequencer = false;
+        o.read_side = false;
+        // Unsequenced, commands would wait for positions that never come.
+        o.write.position_wait = Duration::from_millis(10);
+    })
+    .await;
+    let owner = app.user().await;
+    for _ in 0..2 {
+        app.create_project(&owner).await;
+    }
+    let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
+    let (first, _) = Sequencer::step_logged(&mut conn, 3).await.unwrap();
+    let (rest, mut handed) = Sequencer::step_logged(&mut conn, 1000).await.unwrap();
+    assert_eq!(first.assigned, 3);
+    assert!(rest.assigned >= 1, "registration, login and two projects");
+    for event in &mut handed {
+        event.payload = json!({"handed_over": event.position});
+    }
+    let local = LocalSequencer::default();
+    local.handoff.offer(handed);
+
+    // Rounds of 3: the first round finds position 1 not handed over and
+    // reads 1..=3 from the log; the next ones continue from the handoff.
+    let config = RelayConfig {
+        batch_size: 3,
+        poll_interval: Duration::from_millis(50),
+        ..RelayConfig::default()
+    };
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let relay = Relay::new(app.pool.clone(), nats, names(&app), config).woken_by(local.clone());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { relay.run(stop.cancelled()).await }
+    });
+    let published = stream_holds(&app, rest.last_position as u64).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    for envelope in &published {
+        let marked = envelope.data.as_ref().and_then(|d| d.get("handed_over"));
+        if envelope.position <= 3 {
+            assert_eq!(
+                marked, None,
+                "position {} came from the log",
+                envelope.position
+            );
+        } else {
+            assert_eq!(
+                marked,
+                Some(&json!(envelope.position)),
+                "position {} came from the handoff",
+                envelope.position
+            );
+        }
+    }
+    assert!(local.handoff.is_wanted(), "the relay asked for handoffs");
+}
