@@ -9,8 +9,6 @@
 //! - [`event_store`]: the event repository under the bus; concurrent
 //!   commands share their loads and their appends (group commit).
 //! - [`sequencer`]: gives every committed event its log position.
-//! - [`handoff`]: the events an in-process sequencer just numbered, which
-//!   the in-process relay takes instead of reading them back.
 //! - [`positions`]: wakes the sequencer after appends and lets a command
 //!   wait (bounded) for its events' positions.
 //! - [`directory`]: the `ProjectDirectory` that file and job aggregates ask,
@@ -30,7 +28,6 @@ pub mod bus;
 pub mod db;
 pub mod directory;
 pub mod event_store;
-pub mod handoff;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;

@@ -23,7 +23,6 @@ use sqlx::PgPool;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::handoff::Handoff;
 use crate::notifications::{Notice, Notifications};
 
 pub const APPENDED_CHANNEL: &str = "tandem_appended";
@@ -55,8 +54,6 @@ pub struct LocalSequencer {
     /// (stored before `sequenced` is notified); [`UNKNOWN_HEAD`] while it
     /// does not lead or has not stepped yet.
     pub head: Arc<AtomicI64>,
-    /// The events of its steps, for an in-process relay.
-    pub handoff: Arc<Handoff>,
 }
 
 /// Resolves when `notify` is notified; never without one (a role that runs
@@ -78,7 +75,6 @@ impl Default for LocalSequencer {
             leading: Arc::default(),
             sequenced: Arc::default(),
             head: Arc::new(AtomicI64::new(UNKNOWN_HEAD)),
-            handoff: Arc::default(),
         }
     }
 }

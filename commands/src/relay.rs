@@ -127,9 +127,7 @@ impl Relay {
     /// Also wakes on the steps of the sequencer in this process, and while
     /// that one leads, reads the log only when its head has moved past
     /// what was read (the read that overlaps a round's acks is mostly
-    /// empty, and a query is not free). Once leading, it takes the events
-    /// of that sequencer's steps from the [`Handoff`](crate::handoff::Handoff)
-    /// instead of reading them, whenever they continue where it stands.
+    /// empty, and a query is not free).
     pub fn woken_by(mut self, local: LocalSequencer) -> Self {
         self.local = Some(local);
         self
@@ -279,10 +277,6 @@ impl Relay {
             at: tokio::time::Instant::now(),
         };
         let mut in_flight: Option<Round> = None;
-        if let Some(local) = &self.local {
-            // From now on the sequencer hands its steps' events over.
-            local.handoff.want();
-        }
         // Set when something other than the local sequencer woke us: its
         // head says nothing of another process's steps.
         let mut must_read = true;
@@ -295,15 +289,11 @@ impl Relay {
                     .and_then(LocalSequencer::known_head)
                     .is_some_and(|head| head <= sent);
             must_read = false;
-            let handed = self.local.as_ref().and_then(|local| {
-                let limit = usize::try_from(self.config.batch_size).unwrap_or(usize::MAX);
-                local.handoff.take_after(sent, limit)
-            });
             let read = async {
-                match handed {
-                    Some(events) => Ok(events),
-                    None if nothing_new => Ok(Vec::new()),
-                    None => log::read_after(&mut *conn, sent, self.config.batch_size).await,
+                if nothing_new {
+                    Ok(Vec::new())
+                } else {
+                    log::read_after(&mut *conn, sent, self.config.batch_size).await
                 }
             };
             let settle = async {

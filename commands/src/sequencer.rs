@@ -15,10 +15,6 @@
 //!   after its previous one committed, so it is visible no earlier and
 //!   sorts after it.
 //!
-//! With a relay in the same process, a step also returns the events it
-//! numbered (`tandem_sequence_batch_logged`, still one round trip) and
-//! hands them over, so the relay does not read them back.
-//!
 //! Only the holder of a session advisory lock sequences (the others stand
 //! by); the row lock makes even a split-brain leader harmless. It wakes on
 //! `NOTIFY tandem_appended` (through the process's shared listener when it
@@ -28,9 +24,8 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
-use crate::log::LoggedEvent;
 use crate::notifications::Notifications;
 use crate::positions::{notified_or_never, LocalSequencer, APPENDED_CHANNEL, UNKNOWN_HEAD};
 
@@ -133,32 +128,6 @@ impl Sequencer {
         })
     }
 
-    /// [`Self::step`], also returning the events it numbered, in position
-    /// order (one round trip; for an in-process relay).
-    pub async fn step_logged(
-        conn: &mut PgConnection,
-        batch_size: i32,
-    ) -> Result<(Step, Vec<LoggedEvent>), sqlx::Error> {
-        let rows = sqlx::query("SELECT * FROM tandem_sequence_batch_logged($1)")
-            .bind(batch_size)
-            .fetch_all(conn)
-            .await?;
-        let mut last_position = 0;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            last_position = row.try_get("last_position")?;
-            // The one row of an empty step has no event.
-            if row.try_get::<Option<i64>, _>("position")?.is_some() {
-                events.push(LoggedEvent::from_row(row)?);
-            }
-        }
-        let step = Step {
-            assigned: events.len() as i64,
-            last_position,
-        };
-        Ok((step, events))
-    }
-
     async fn lead(&self) -> Result<Infallible, sqlx::Error> {
         // A connection of our own: the advisory lock lives as long as it,
         // and the steps run on it, so losing it stops us from sequencing.
@@ -170,16 +139,7 @@ impl Sequencer {
         tracing::info!("sequencer is leading");
         self.set_leading(true);
         loop {
-            let handoff = self.local.as_ref().map(|l| &l.handoff);
-            let step = match handoff.filter(|h| h.is_wanted()) {
-                Some(handoff) => {
-                    let (step, events) =
-                        Self::step_logged(&mut conn, self.config.batch_size).await?;
-                    handoff.offer(events);
-                    step
-                }
-                None => Self::step(&mut conn, self.config.batch_size).await?,
-            };
+            let step = Self::step(&mut conn, self.config.batch_size).await?;
             if let Some(local) = &self.local {
                 local.head.store(step.last_position, Ordering::Release);
             }
