@@ -22,7 +22,7 @@
 //! are not used (the cqrs-es 0.5 snapshot bug); the rarely used calls go
 //! straight to postgres-es.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cqrs_es::persist::{
@@ -176,8 +176,15 @@ async fn append_all(pool: PgPool, batch: Vec<Append>) {
 }
 
 async fn load_all(pool: PgPool, batch: Vec<Load>) {
-    let types: Vec<&str> = batch.iter().map(|l| l.stream.0.as_str()).collect();
-    let ids: Vec<&str> = batch.iter().map(|l| l.stream.1.as_str()).collect();
+    // Each stream once: a key asked for twice would return its rows twice,
+    // and every asker would replay each event twice.
+    let mut asked: HashSet<&StreamKey> = HashSet::new();
+    let (types, ids): (Vec<&str>, Vec<&str>) = batch
+        .iter()
+        .map(|l| &l.stream)
+        .filter(|stream| asked.insert(stream))
+        .map(|(t, i)| (t.as_str(), i.as_str()))
+        .unzip();
     let rows: Result<Vec<EventRow>, _> = sqlx::query_as(SELECT)
         .bind(types)
         .bind(ids)

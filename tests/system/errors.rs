@@ -1077,3 +1077,49 @@ async fn every_command_answer_carries_its_log_position_and_positions_grow() {
         "the last command's position is the log's last"
     );
 }
+
+/// Concurrent edits of one file version: one wins, and every loser is told
+/// the version that really is current (loads that share a batch must not
+/// replay an event twice, which would make a version up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_edits_of_one_version_one_wins_and_the_rest_hear_the_true_version() {
+    let app = spawn_app().await;
+    let owner = app.user().await;
+    let project = app.create_project(&owner).await;
+    let ws = app.create_workspace(&owner, project, "w").await;
+    for base in 0..3 {
+        let r = save(
+            &app,
+            &owner,
+            ws,
+            "a.txt",
+            json!({"content": format!("v{base}"), "base_version": base}),
+        )
+        .await;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let edits = (0..16).map(|n| {
+        let app = app.handle();
+        let owner = owner.clone();
+        async move {
+            save(
+                &app,
+                &owner,
+                ws,
+                "a.txt",
+                json!({"content": format!("edit {n}"), "base_version": 3}),
+            )
+            .await
+        }
+    });
+    let mut won = 0;
+    for r in join_all(edits).await {
+        if r.status() == 200 {
+            won += 1;
+        } else {
+            let b = documented_problem(r, 409, "version_conflict").await;
+            assert_eq!(b["current_version"], 4, "{b}");
+        }
+    }
+    assert_eq!(won, 1);
+}

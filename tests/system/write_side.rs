@@ -312,3 +312,49 @@ async fn a_lost_race_in_a_group_commit_fails_only_its_own_command() {
     }
     assert_eq!(app.events_of(&contested.to_string()).await.len(), 2);
 }
+
+/// Loads of one aggregate that share a batch each get its events once
+/// (not once per asker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
+    use cqrs_es::persist::PersistedEventRepository;
+    use tandem_commands::event_store::BatchedEventStore;
+
+    let app = spawn_app().await;
+    let write = write_side(&app).await;
+    let owner = UserId::generate();
+    let project = new_project(&write, owner).await;
+    for n in 0..3 {
+        write
+            .bus
+            .execute::<Project>(&project.to_string(), rename(owner, n), &ctx(owner), None)
+            .await
+            .unwrap();
+    }
+    let store = BatchedEventStore::new(&app.pool);
+    let id = project.to_string();
+    // Enough at once that many share a batch, with other streams between.
+    let loads = (0..64).map(|n| {
+        let store = store.clone();
+        let id = id.clone();
+        async move {
+            if n % 4 == 3 {
+                store
+                    .get_events::<Project>(&ProjectId::generate().to_string())
+                    .await
+            } else {
+                store.get_events::<Project>(&id).await
+            }
+        }
+    });
+    for (n, loaded) in join_all(loads).await.into_iter().enumerate() {
+        let events = loaded.unwrap();
+        let sequences: Vec<usize> = events.iter().map(|e| e.sequence).collect();
+        let expected: Vec<usize> = if n % 4 == 3 {
+            vec![]
+        } else {
+            (1..=4).collect()
+        };
+        assert_eq!(sequences, expected, "load {n}");
+    }
+}
