@@ -56,9 +56,9 @@ SELECT t, i, s, et, ev, p, m
        WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n)
  ORDER BY n";
 
-/// Larger batches: one index range per stream. The correlated subquery keeps it so: as a
-/// plain join, a cached generic plan (it guesses 100 keys) turns into a
-/// hash join over the whole table.
+/// Larger batches: one index range per stream. The correlated subquery
+/// keeps it so: as a plain join, a cached generic plan (it guesses 100
+/// keys) turns into a hash join over the whole table.
 const SELECT: &str = "
 SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata
   FROM unnest($1::text[], $2::text[]) AS k(aggregate_type, aggregate_id)
