@@ -58,10 +58,18 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Prepared statements each connection keeps.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
+
 pub async fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, sqlx::Error> {
     // Slow statements are measured by metrics, not logged: a projection's
     // batch is megabytes of SQL carrying users' file contents.
+    //
+    // One process runs every role on one pool, and the group load alone
+    // prepares up to 16 statements (one per batch size): room for all of
+    // them, so no connection evicts and re-prepares (sqlx's default is 100).
     let options = connect_options(url)?
+        .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(
             tracing::log::LevelFilter::Off,
