@@ -334,7 +334,9 @@ _svc_ensure_postgres() {
   _svc_log "postgres: starting private $pg_version on $host:$port ($data)"
   # max_connections: parallel tests each open pools against fresh databases.
   # fsync and synchronous_commit stay at their (durable) defaults.
-  local opts="-p $port -k '$sockdir' -c listen_addresses='$host' -c max_connections=200"
+  # track_commit_timestamp: `tandem bench pipeline` measures commit -> ack
+  # from the commit itself (one small record per commit).
+  local opts="-p $port -k '$sockdir' -c listen_addresses='$host' -c max_connections=200 -c track_commit_timestamp=on"
   _svc_pg_run "$pg_user" "$root" "$bindir/pg_ctl" -D "$data" -o "$opts" -l "$log" -w -t 60 start \
     >/dev/null ||
     { tail -n 30 "$log" >&2; _svc_die "postgres: failed to start (log: $log)"; }
