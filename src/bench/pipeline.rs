@@ -3,8 +3,9 @@
 //! earlier ones answered) runs against the whole stack; an observer thread
 //! hears the read side advance (`LISTEN tandem_projected`) and the events
 //! go by on NATS; afterwards each event's times are joined: `recorded_at`
-//! and `sequenced_at` from Postgres, the time JetStream stored it (and so
-//! acknowledged it) from the stream itself.
+//! and `sequenced_at` from Postgres (and its transaction's commit time,
+//! where the server records commit times), the time JetStream stored it
+//! (and so acknowledged it) from the stream itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
