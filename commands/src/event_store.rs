@@ -22,7 +22,7 @@
 //! are not used (the cqrs-es 0.5 snapshot bug); the rarely used calls go
 //! straight to postgres-es.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cqrs_es::persist::{
@@ -208,13 +208,18 @@ async fn append_all(pool: PgPool, batch: Vec<Append>) {
 }
 
 async fn load_all(pool: PgPool, batch: Vec<Load>) {
-    // Each stream once: a key asked for twice would return its rows twice,
-    // and every asker would replay each event twice.
-    let mut asked: HashSet<&StreamKey> = HashSet::new();
+    // Askers per stream. Each stream is queried once: a key asked for
+    // twice would return its rows twice, and every asker would replay each
+    // event twice.
+    let mut remaining: HashMap<StreamKey, usize> = HashMap::new();
     let (types, ids): (Vec<&str>, Vec<&str>) = batch
         .iter()
         .map(|l| &l.stream)
-        .filter(|stream| asked.insert(stream))
+        .filter(|stream| {
+            let askers = remaining.entry((*stream).clone()).or_default();
+            *askers += 1;
+            *askers == 1
+        })
         .map(|(t, i)| (t.as_str(), i.as_str()))
         .unzip();
     let rows: Result<Vec<EventRow>, _> = match select_streams(types.len()) {
@@ -252,10 +257,6 @@ async fn load_all(pool: PgPool, batch: Vec<Load>) {
     }
     // The last asker of a stream takes its events; earlier ones (the same
     // aggregate twice in one batch) get a copy.
-    let mut remaining: HashMap<StreamKey, usize> = HashMap::new();
-    for load in &batch {
-        *remaining.entry(load.stream.clone()).or_default() += 1;
-    }
     for load in batch {
         let left = remaining.get_mut(&load.stream).expect("counted above");
         *left -= 1;
