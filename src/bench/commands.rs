@@ -4,16 +4,17 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use reqwest::{Method, RequestBuilder};
+use reqwest::Method;
 use serde_json::json;
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{actors, Actor, Api, Running};
+use super::harness::{actors, Actor, Api, Running, API_PREFIX};
 use super::measure::{
-    error_total, merge_errors, ms, print_errors, send, verdict, Errors, Outcome, Percentiles,
+    error_total, merge_errors, ms, print_errors, send_on, verdict, Errors, Outcome, Percentiles,
 };
 use super::pgbench::{run_pgbench, Pgbench};
+use super::wire::Call;
 use crate::settings::Common;
 
 #[derive(Args, Clone, Debug)]
@@ -132,32 +133,46 @@ async fn drive_commands(
     })
 }
 
-/// One user's loop: a command, its answer, the next command. Requests
-/// started before `measure_from` are the warmup.
+/// One user's loop, on a connection of its own: a command, its answer,
+/// the next command. Requests started before `measure_from` are the warmup.
 async fn command_loop(api: Api, actor: Actor, measure_from: Instant, end: Instant) -> Tally {
     let mut tally = Tally::default();
+    let mut wire = api.wire();
     let mut n: u64 = 0;
     while Instant::now() < end {
-        let request = next_command(&api, &actor, n);
+        let (path, body) = next_command(&actor, n);
         n += 1;
+        let call = Call {
+            method: if n % 2 == 1 {
+                Method::POST
+            } else {
+                Method::PUT
+            },
+            path: &path,
+            token: Some(&actor.token),
+            json: Some(body.to_string().into_bytes()),
+        };
         let started = Instant::now();
-        let outcome = send(request).await;
+        let outcome = send_on(&mut wire, call).await;
         tally.record(outcome, started.elapsed(), started >= measure_from);
     }
     tally
 }
 
 /// Alternates a new aggregate (`ProjectCreated`) and a new file in the
-/// user's workspace (`FileSaved`, a first version each time).
-fn next_command(api: &Api, actor: &Actor, n: u64) -> RequestBuilder {
-    let token = Some(actor.token.as_str());
+/// user's workspace (`FileSaved`, a first version each time): the path
+/// (the even `n` are `POST`s, the odd `PUT`s) and the body.
+fn next_command(actor: &Actor, n: u64) -> (String, serde_json::Value) {
     if n % 2 == 0 {
-        api.request(Method::POST, "/projects", token)
-            .json(&json!({"name": format!("Bench {n}")}))
+        (
+            format!("{API_PREFIX}/projects"),
+            json!({"name": format!("Bench {n}")}),
+        )
     } else {
-        let path = format!("/workspaces/{}/files/f{n}.txt", actor.workspace);
-        api.request(Method::PUT, &path, token)
-            .json(&json!({"content": file_content(n)}))
+        (
+            format!("{API_PREFIX}/workspaces/{}/files/f{n}.txt", actor.workspace),
+            json!({"content": file_content(n)}),
+        )
     }
 }
 

@@ -21,13 +21,18 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use super::database::BenchDatabase;
+use super::wire::Wire;
 use crate::settings::Common;
 use crate::stack::{self, Endpoints, Stack, StackOptions};
+
+/// Where the gateway serves the API.
+pub(super) const API_PREFIX: &str = "/api/v1";
 
 /// The gateway's base URL and a client with enough pooled connections for
 /// every concurrent loop (so no request pays for a new TCP connection).
 #[derive(Clone)]
 pub(super) struct Api {
+    addr: SocketAddr,
     /// `http://<addr>`: the operations endpoints (`/healthz`, `/metrics`).
     origin: String,
     base: String,
@@ -41,20 +46,16 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Self {
+            addr,
             origin: format!("http://{addr}"),
-            base: format!("http://{addr}/api/v1"),
+            base: format!("http://{addr}{API_PREFIX}"),
             client,
         })
     }
 
-    /// `http://<addr>`, without the API prefix.
-    pub(super) fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// The full URL of an API path (`/projects` -> `http://<addr>/api/v1/projects`).
-    pub(super) fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// A connection of its own for a load loop (see [`Wire`]).
+    pub(super) fn wire(&self) -> Wire {
+        Wire::new(self.addr)
     }
 
     /// A request outside the API prefix (`/healthz`, `/metrics`).

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use reqwest::RequestBuilder;
+use reqwest::{RequestBuilder, StatusCode};
 use serde_json::Value;
+
+use super::wire::{Call, Wire};
 
 /// What one measured request came back with.
 pub(super) enum Outcome {
@@ -23,10 +25,22 @@ pub(super) async fn send(request: RequestBuilder) -> Outcome {
     };
     let status = response.status();
     // The body is part of the answer: read it inside the timed span.
-    let body = match response.bytes().await {
-        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-        Err(e) => return Outcome::Failed(format!("transport (body): {e}")),
-    };
+    match response.bytes().await {
+        Ok(body) => judge(status, &body),
+        Err(e) => Outcome::Failed(format!("transport (body): {e}")),
+    }
+}
+
+/// [`send`] on a load loop's own connection.
+pub(super) async fn send_on(wire: &mut Wire, call: Call<'_>) -> Outcome {
+    match wire.send(call).await {
+        Ok((status, body)) => judge(status, &body),
+        Err(e) => Outcome::Failed(format!("transport: {e:#}")),
+    }
+}
+
+fn judge(status: StatusCode, body: &[u8]) -> Outcome {
+    let body = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     if status.is_success() {
         Outcome::Ok {
             has_position: body["position"].is_i64(),

@@ -87,6 +87,7 @@ mod pipeline;
 mod queries;
 mod realtime;
 mod replay;
+mod wire;
 pub mod ws_client;
 
 use clap::Subcommand;

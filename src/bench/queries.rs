@@ -2,21 +2,21 @@
 //! endpoint of the same server (`GET /healthz`), same connections, same
 //! run; and the summary.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{projects_at, tokens, Api, Roles, Running};
+use super::harness::{projects_at, tokens, Api, Roles, Running, API_PREFIX};
 use super::measure::{
     error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
 };
+use super::wire::{Call, Wire};
 use crate::settings::Common;
 
 #[derive(Args, Clone, Debug)]
@@ -240,31 +240,21 @@ impl Phase {
     }
 }
 
-/// One loop per token, each on a client of its own holding a single
-/// keep-alive connection, so "N connections" is what the server sees and
-/// the loops share no client pool. Each loop sends `GET /projects` with
-/// its user's token or `GET /healthz` without, as the slice says; returns
-/// (projects, healthz) and the schedule they ran on.
+/// One loop per token, each on a connection of its own (see [`Wire`]),
+/// so "N connections" is what the server sees and the loops share
+/// nothing. Each loop sends `GET /projects` with its user's token or
+/// `GET /healthz` without, as the slice says; returns (projects, healthz)
+/// and the schedule they ran on.
 async fn run_load(
     api: &Api,
     tokens: Vec<String>,
     args: &QueriesArgs,
 ) -> anyhow::Result<(Phase, Phase, Schedule)> {
-    let urls = Arc::new([api.url("/projects"), format!("{}/healthz", api.origin())]);
     let schedule = Schedule::new(args);
-    let mut workers = Vec::with_capacity(tokens.len());
-    for token in tokens {
-        let client = Client::builder()
-            .pool_max_idle_per_host(1)
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        workers.push(tokio::spawn(get_loop(
-            client,
-            urls.clone(),
-            token,
-            schedule,
-        )));
-    }
+    let workers: Vec<_> = tokens
+        .into_iter()
+        .map(|token| tokio::spawn(get_loop(api.wire(), token, schedule)))
+        .collect();
     let (mut projects, mut healthz) = (Phase::default(), Phase::default());
     for worker in workers {
         let [p, h] = worker.await?;
@@ -276,12 +266,8 @@ async fn run_load(
     Ok((projects, healthz, schedule))
 }
 
-async fn get_loop(
-    client: Client,
-    urls: Arc<[String; 2]>,
-    token: String,
-    schedule: Schedule,
-) -> [Phase; 2] {
+async fn get_loop(mut wire: Wire, token: String, schedule: Schedule) -> [Phase; 2] {
+    let projects_path = format!("{API_PREFIX}/projects");
     let mut phases = [Phase::default(), Phase::default()];
     let mut first_len = [None, None];
     loop {
@@ -290,21 +276,25 @@ async fn get_loop(
             break;
         }
         let endpoint = schedule.endpoint_at(started) as usize;
-        let mut request = client.get(&urls[endpoint]);
-        if endpoint == Endpoint::Projects as usize {
-            request = request.bearer_auth(&token);
-        }
-        let outcome = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                // The body is part of the answer: read it inside the timed span.
-                match response.bytes().await {
-                    Ok(body) if status == StatusCode::OK => Ok(body.len()),
-                    Ok(_) => Err(status.as_u16().to_string()),
-                    Err(e) => Err(format!("transport (body): {e}")),
-                }
+        let call = if endpoint == Endpoint::Projects as usize {
+            Call {
+                method: Method::GET,
+                path: &projects_path,
+                token: Some(&token),
+                json: None,
             }
-            Err(e) => Err(format!("transport: {e}")),
+        } else {
+            Call {
+                method: Method::GET,
+                path: "/healthz",
+                token: None,
+                json: None,
+            }
+        };
+        let outcome = match wire.send(call).await {
+            Ok((StatusCode::OK, body)) => Ok(body.len()),
+            Ok((status, _)) => Err(status.as_u16().to_string()),
+            Err(e) => Err(format!("transport: {e:#}")),
         };
         let latency = started.elapsed();
         let phase = &mut phases[endpoint];
