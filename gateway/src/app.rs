@@ -50,11 +50,12 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(queries::files::routes())
         .merge(queries::jobs::routes())
         .layer(from_fn_with_state(state.clone(), rate_limit::per_user));
-    // The socket authenticates in-band, and is limited per connection.
-    let realtime = OpenApiRouter::new().routes(utoipa_axum::routes!(realtime::route::upgrade));
-    auth.merge(rest)
-        .merge(realtime)
-        .route_layer(from_fn(telemetry::track_requests))
+    // The socket authenticates in-band, and is limited per connection; the
+    // rate limiters time the other routes themselves.
+    let realtime = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(realtime::route::upgrade))
+        .route_layer(from_fn(telemetry::track_requests));
+    auth.merge(rest).merge(realtime)
 }
 
 fn cors(state: &AppState) -> CorsLayer {

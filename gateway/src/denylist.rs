@@ -21,26 +21,51 @@ use redis::AsyncCommands;
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 
 pub struct Denylist {
-    /// Full deny keys. An entry outlives its Redis key (which lasts as
-    /// long as the tokens it refuses could): refusing an expired token
-    /// longer changes nothing.
-    keys: moka::sync::Cache<String, ()>,
+    /// Revoked token ids (`jti`) and session ids, by id alone, so a
+    /// request's check builds no key. An entry outlives its Redis key
+    /// (which lasts as long as the tokens it refuses could): refusing an
+    /// expired token longer changes nothing.
+    tokens: moka::sync::Cache<String, ()>,
+    sessions: moka::sync::Cache<String, ()>,
     synced: AtomicBool,
     channel: String,
+    /// `<namespace>:deny:`, which every deny key starts with.
+    key_prefix: String,
     pattern: String,
+}
+
+/// What a deny key names: `<namespace>:deny:<kind>:<id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    Token,
+    Session,
+}
+
+impl Revoked {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Token => "jti",
+            Self::Session => "sid",
+        }
+    }
 }
 
 impl Denylist {
     /// Starts following `channel` on `client`; `keep` bounds how long an
     /// entry is kept (the longest an access token lives, plus leeway).
     pub fn spawn(client: redis::Client, prefix: &str, keep: Duration) -> Arc<Self> {
-        let list = Arc::new(Self {
-            keys: moka::sync::Cache::builder()
+        let ids = || {
+            moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(keep)
-                .build(),
+                .build()
+        };
+        let list = Arc::new(Self {
+            tokens: ids(),
+            sessions: ids(),
             synced: AtomicBool::new(false),
             channel: format!("{prefix}:revocations"),
+            key_prefix: format!("{prefix}:deny:"),
             pattern: format!("{prefix}:deny:*"),
         });
         let weak = Arc::downgrade(&list);
@@ -64,7 +89,7 @@ impl Denylist {
         let mut conn = client.get_multiplexed_async_connection().await?;
         let mut existing: redis::AsyncIter<String> = conn.scan_match(&self.pattern).await?;
         while let Some(key) = existing.next_item().await {
-            self.keys.insert(key?, ());
+            self.add(&key?);
         }
         drop(existing);
         drop(conn);
@@ -72,7 +97,7 @@ impl Denylist {
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             if let Ok(key) = message.get_payload::<String>() {
-                self.keys.insert(key, ());
+                self.add(&key);
             }
         }
         Ok(())
@@ -83,16 +108,29 @@ impl Denylist {
         &self.channel
     }
 
-    /// Records a revocation this gateway made.
-    pub fn add(&self, key: String) {
-        self.keys.insert(key, ());
+    /// The Redis key that records the revocation of `id`.
+    pub fn key(&self, revoked: Revoked, id: &str) -> String {
+        format!("{}{}:{id}", self.key_prefix, revoked.kind())
     }
 
-    /// Whether any of `keys` is revoked, if the copy can say; `None`: ask
-    /// Redis.
-    pub fn check(&self, keys: &[String]) -> Option<bool> {
+    /// Records the revocation `key` names (made here, read from Redis or
+    /// heard); a key of another shape is ignored.
+    pub fn add(&self, key: &str) {
+        let named = key
+            .strip_prefix(&self.key_prefix)
+            .and_then(|rest| rest.split_once(':'));
+        match named {
+            Some(("jti", id)) => self.tokens.insert(id.to_owned(), ()),
+            Some(("sid", id)) => self.sessions.insert(id.to_owned(), ()),
+            _ => tracing::debug!(key, "not a deny key; ignored"),
+        }
+    }
+
+    /// Whether the token `jti` or its session `sid` is revoked, if the
+    /// copy can say; `None`: ask Redis.
+    pub fn check(&self, jti: &str, sid: &str) -> Option<bool> {
         self.synced
             .load(Ordering::Acquire)
-            .then(|| keys.iter().any(|k| self.keys.contains_key(k)))
+            .then(|| self.tokens.contains_key(jti) || self.sessions.contains_key(sid))
     }
 }

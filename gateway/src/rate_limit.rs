@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::caller::{bearer, Verified};
 use crate::idempotency;
-use crate::redis_keys::Verdict;
+use crate::redis_keys::{Verdict, LIMIT};
 use crate::state::AppState;
+use crate::telemetry::RequestTimer;
 
 /// The client's address: the socket peer, or the first `X-Forwarded-For`
 /// hop when configured to trust a proxy in front.
@@ -49,41 +50,51 @@ fn unlimited(e: &redis::RedisError) {
 }
 
 /// Refuses over the limit, else runs the idempotency middleware and the
-/// route. One layer for both because a layer costs every request a boxed
-/// service clone, and every API route has both; rate limiting comes first
-/// so idempotent replays are counted too.
+/// route; and records the request's metrics (`timer`, started before the
+/// limiter ran). One layer for all three because a layer costs every
+/// request a boxed service clone, and every API route has them all; rate
+/// limiting comes first so idempotent replays are counted too.
 async fn enforce(
     state: AppState,
+    timer: RequestTimer,
     policy: &str,
     verdict: Option<Verdict>,
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(v) = verdict.filter(|v| !v.allowed) {
-        metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned()).increment(1);
-        return v.rejection().into_response();
-    }
-    let mut response = idempotency::middleware(State(state), req, next).await;
-    if let Some(v) = verdict {
-        write_if_absent(&v, response.headers_mut());
-    }
+    let response = match verdict.filter(|v| !v.allowed) {
+        Some(v) => {
+            metrics::counter!("tandem_rate_limited_total", "policy" => policy.to_owned())
+                .increment(1);
+            v.rejection().into_response()
+        }
+        None => {
+            let mut response = idempotency::middleware(State(state), req, next).await;
+            if let Some(v) = verdict {
+                write_if_absent(&v, response.headers_mut());
+            }
+            response
+        }
+    };
+    timer.finish(&response);
     response
 }
 
 /// A handler may have answered with a tighter limit's headers (login per
 /// account); those win.
 fn write_if_absent(v: &Verdict, headers: &mut HeaderMap) {
-    if !headers.contains_key("ratelimit-limit") {
+    if !headers.contains_key(LIMIT) {
         v.write_headers(headers);
     }
 }
 
 pub async fn per_address(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let timer = RequestTimer::start(&req);
     let addr = client_addr(&state, req.headers(), peer(&req));
     let limit = state.config.rate_limits.auth_per_ip;
     let verdict = state.redis.hit("auth", &addr, limit).await;
     let verdict = verdict.inspect_err(unlimited).ok();
-    enforce(state, "auth", verdict, req, next).await
+    enforce(state, timer, "auth", verdict, req, next).await
 }
 
 /// Per user when the bearer token verifies, else per address. For a user,
@@ -91,6 +102,7 @@ pub async fn per_address(State(state): State<AppState>, req: Request, next: Next
 /// round trip when both need one) and the answer handed to the
 /// [`crate::auth::caller::Caller`] extractor.
 pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let timer = RequestTimer::start(&req);
     let limit = state.config.rate_limits.api_per_user;
     let verdict = match bearer(req.headers()).and_then(|t| state.jwt.verify(t)) {
         Some(token) => {
@@ -116,5 +128,5 @@ pub async fn per_user(State(state): State<AppState>, mut req: Request, next: Nex
             verdict.inspect_err(unlimited).ok()
         }
     };
-    enforce(state, "api", verdict, req, next).await
+    enforce(state, timer, "api", verdict, req, next).await
 }

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError, Script};
 
-use crate::denylist::Denylist;
+use crate::denylist::{Denylist, Revoked};
 use crate::error::ApiError;
 use crate::quota::{self, Leases};
 
@@ -40,6 +40,11 @@ if #KEYS > 1 then denied = redis.call('EXISTS', unpack(KEYS, 2)) end
 return {n, ttl, denied}
 ";
 
+// Named once: a `&str` header name is parsed again on every insert.
+pub(crate) const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// The outcome of counting one request against a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -61,9 +66,9 @@ impl Verdict {
     }
 
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset));
+        headers.insert(LIMIT, HeaderValue::from(self.limit));
+        headers.insert(REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RESET, HeaderValue::from(self.reset));
     }
 
     pub fn rejection(&self) -> ApiError {
@@ -160,10 +165,10 @@ impl RedisState {
         jti: &str,
         sid: &str,
     ) -> Result<(Verdict, bool), RedisError> {
-        let deny = self.deny_keys(jti, sid);
-        if let Some(denied) = self.denylist.check(&deny) {
+        if let Some(denied) = self.denylist.check(jti, sid) {
             return Ok((self.hit(policy, subject, limit).await?, denied));
         }
+        let deny = self.deny_keys(jti, sid);
         let key = self.rate_key(policy, subject);
         if let Some(verdict) = self.leases.take(&key, limit) {
             let n: u32 = self.redis.clone().exists(&deny).await?;
@@ -183,12 +188,11 @@ impl RedisState {
         Ok((verdict, denied > 0))
     }
 
-    fn deny_key(&self, kind: &str, id: &str) -> String {
-        format!("{}:deny:{kind}:{id}", self.prefix)
-    }
-
     fn deny_keys(&self, jti: &str, sid: &str) -> [String; 2] {
-        [self.deny_key("jti", jti), self.deny_key("sid", sid)]
+        [
+            self.denylist.key(Revoked::Token, jti),
+            self.denylist.key(Revoked::Session, sid),
+        ]
     }
 
     /// Records `key` in Redis for `ttl_secs` and tells every gateway.
@@ -201,26 +205,28 @@ impl RedisState {
             .ignore()
             .query_async::<()>(&mut self.redis.clone())
             .await?;
-        self.denylist.add(key);
+        self.denylist.add(&key);
         Ok(())
     }
 
     /// Refuses the access token `jti` for `ttl_secs` (its remaining life).
     pub async fn deny_token(&self, jti: &str, ttl_secs: u64) -> Result<(), RedisError> {
-        self.deny(self.deny_key("jti", jti), ttl_secs).await
+        self.deny(self.denylist.key(Revoked::Token, jti), ttl_secs)
+            .await
     }
 
     /// Refuses every access token of session `sid` for `ttl_secs` (the
     /// longest an access token lives).
     pub async fn deny_session(&self, sid: &str, ttl_secs: u64) -> Result<(), RedisError> {
-        self.deny(self.deny_key("sid", sid), ttl_secs).await
+        self.deny(self.denylist.key(Revoked::Session, sid), ttl_secs)
+            .await
     }
 
     pub async fn is_denied(&self, jti: &str, sid: &str) -> Result<bool, RedisError> {
-        let keys = self.deny_keys(jti, sid);
-        if let Some(denied) = self.denylist.check(&keys) {
+        if let Some(denied) = self.denylist.check(jti, sid) {
             return Ok(denied);
         }
+        let keys = self.deny_keys(jti, sid);
         let n: u32 = self.redis.clone().exists(&keys).await?;
         Ok(n > 0)
     }

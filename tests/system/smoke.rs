@@ -65,8 +65,15 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
-    assert!(text.contains("tandem_http_requests_total"), "{text}");
-    assert!(text.contains("route=\"/api/v1/projects\""), "{text}");
+    // Both kinds of API route (limited per address, and per user) are
+    // counted by route template and status.
+    for series in [
+        r#"tandem_http_requests_total{method="POST",route="/api/v1/auth/login",status="200"}"#,
+        r#"tandem_http_requests_total{method="POST",route="/api/v1/projects",status="201"}"#,
+        r#"tandem_http_request_duration_seconds_count{method="POST",route="/api/v1/projects",status="201"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
