@@ -134,3 +134,32 @@ impl Denylist {
             .then(|| self.tokens.contains_key(jti) || self.sessions.contains_key(sid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn revocations_are_kept_by_kind_and_id_and_other_keys_are_ignored() {
+        // Nothing listens there, and on this single-threaded runtime the
+        // following task never runs anyway (the test does not yield): the
+        // copy stays unsynced until the test says otherwise.
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let list = Denylist::spawn(client, "ns", Duration::from_secs(60));
+        list.add(&list.key(Revoked::Token, "t-1"));
+        list.add(&list.key(Revoked::Session, "s:1"));
+        list.add("other:deny:jti:t-2");
+        list.add("ns:deny:xyz:t-3");
+        assert_eq!(list.check("t-1", "none"), None, "unsynced: ask Redis");
+        list.synced.store(true, Ordering::Release);
+        assert_eq!(list.check("t-1", "none"), Some(true));
+        assert_eq!(list.check("none", "s:1"), Some(true), "ids may hold ':'");
+        assert_eq!(list.check("s:1", "t-1"), Some(false), "kinds do not mix");
+        assert_eq!(
+            list.check("t-2", "t-3"),
+            Some(false),
+            "foreign keys ignored"
+        );
+        assert_eq!(list.key(Revoked::Token, "t-1"), "ns:deny:jti:t-1");
+    }
+}
