@@ -140,14 +140,10 @@ async fn command_loop(api: Api, actor: Actor, measure_from: Instant, end: Instan
     let mut wire = api.wire();
     let mut n: u64 = 0;
     while Instant::now() < end {
-        let (path, body) = next_command(&actor, n);
+        let (method, path, body) = next_command(&actor, n);
         n += 1;
         let call = Call {
-            method: if n % 2 == 1 {
-                Method::POST
-            } else {
-                Method::PUT
-            },
+            method,
             path: &path,
             token: Some(&actor.token),
             json: Some(body.to_string().into_bytes()),
@@ -160,16 +156,17 @@ async fn command_loop(api: Api, actor: Actor, measure_from: Instant, end: Instan
 }
 
 /// Alternates a new aggregate (`ProjectCreated`) and a new file in the
-/// user's workspace (`FileSaved`, a first version each time): the path
-/// (the even `n` are `POST`s, the odd `PUT`s) and the body.
-fn next_command(actor: &Actor, n: u64) -> (String, serde_json::Value) {
+/// user's workspace (`FileSaved`, a first version each time).
+fn next_command(actor: &Actor, n: u64) -> (Method, String, serde_json::Value) {
     if n % 2 == 0 {
         (
+            Method::POST,
             format!("{API_PREFIX}/projects"),
             json!({"name": format!("Bench {n}")}),
         )
     } else {
         (
+            Method::PUT,
             format!("{API_PREFIX}/workspaces/{}/files/f{n}.txt", actor.workspace),
             json!({"content": file_content(n)}),
         )
