@@ -9,7 +9,7 @@
 //! by position. So the hub's order is the log's order, always.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
@@ -46,6 +46,17 @@ pub fn dispatch_of(event: &Envelope, json: Option<&[u8]>) -> Dispatch {
     }
 }
 
+/// Pause before the first retry of a broken feed; it doubles up to
+/// [`RETRY_MAX`] while the feed keeps failing.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A feed that ran this long was healthy: its next failure starts the
+/// backoff and the warnings afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// While the feed keeps failing (no stream before any relay made one, NATS
+/// down), a warning at most this often; the rest go to debug.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown`: keeps an ordered consumer on the events stream
 /// and dispatches every position after the hub's.
 pub async fn run_events(
@@ -55,20 +66,31 @@ pub async fn run_events(
     pool: PgPool,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RETRY_FIRST;
+    let mut warned: Option<Instant> = None;
     loop {
+        let started = Instant::now();
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
             outcome = consume(&hub, &nats, &names, &pool) => outcome,
         };
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = RETRY_FIRST;
+            warned = None;
+        }
         if let Err(e) = outcome {
-            tracing::warn!(error = %e, "live event feed interrupted; resuming from the hub's position");
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                tracing::warn!(error = %e, "live event feed interrupted; resuming from the hub's position");
+                warned = Some(Instant::now());
+            } else {
+                tracing::debug!(error = %e, "live event feed still interrupted; retrying");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(RETRY_MAX);
     }
 }
 
