@@ -3,13 +3,14 @@
 //!
 //! The load generator runs in the server's process, on the server's cores,
 //! and pgbench (the reference of `bench commands`) brings a lean C client.
-//! reqwest's general machinery (URL parsing, a pooled client, a timer per
-//! request) showed as about a quarter of the process's CPU samples under
+//! reqwest's general machinery (URL parsing and IDNA, a pooled client,
+//! boxed layers) showed as about a quarter of the process's CPU samples under
 //! `bench commands`; every cycle the client spends is one the server under
 //! test does not get. A loop owns its connection, as a pgbench client does,
 //! so nothing is shared or looked up per request.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,6 +19,10 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+/// An answer slower than this is a failure (the loop goes on, on a new
+/// connection), so a stuck server ends the run with errors, not a hang.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One connection; reopened after a transport error.
 pub(super) struct Wire {
@@ -48,7 +53,10 @@ impl Wire {
     /// Sends `call` and reads the whole answer. `Err` is a transport
     /// failure (the connection is dropped and reopened on the next call).
     pub(super) async fn send(&mut self, call: Call<'_>) -> anyhow::Result<(StatusCode, Bytes)> {
-        let outcome = self.exchange(call).await;
+        let outcome = match tokio::time::timeout(TIMEOUT, self.exchange(call)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!("no answer within {TIMEOUT:?}")),
+        };
         if outcome.is_err() {
             self.sender = None;
         }
