@@ -35,8 +35,12 @@ use crate::tables::{Batch, TableProjection, LIVE_SCHEMA};
 /// Events read from the log per round.
 const CHUNK: i64 = 10_000;
 /// Within this many events of the head, the rest is applied under the
-/// swap's lock (briefly holding up the live consumer).
-const SWAP_DISTANCE: i64 = 2 * CHUNK;
+/// swap's lock (briefly holding up the live consumer). Small: the fill
+/// reads the log once for every projection and overlaps reading with
+/// applying, where each swap reads its rest alone and applies it in the
+/// open. With two chunks here, a log at rest had its last 10,000–20,000
+/// events read once per projection at the end.
+const SWAP_DISTANCE: i64 = 1_000;
 /// A rebuild's batches are larger than the live consumer's: its tables are
 /// its own, and the more events a batch spans, the more of their row
 /// changes fold into one (see [`crate::tables::Batcher`]).
@@ -120,9 +124,16 @@ pub async fn rebuild(
         ));
     }
     fill(&targets, source, progress, started).await?;
+    // Each on a connection of its own: a small table's build does not
+    // wait behind a large one's.
+    try_join_all(
+        targets
+            .iter()
+            .map(|target| build_indexes(pool, target.projector().as_ref())),
+    )
+    .await?;
     let mut swapped = Vec::new();
     for target in &targets {
-        build_indexes(pool, target.projector().as_ref()).await?;
         let at = swap(pool, target, source).await?;
         swapped.push((target.projector(), at, started.elapsed()));
     }
