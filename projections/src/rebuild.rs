@@ -35,11 +35,11 @@ use crate::tables::{Batch, TableProjection, LIVE_SCHEMA};
 /// Events read from the log per round.
 const CHUNK: i64 = 10_000;
 /// Within this many events of the head, the rest is applied under the
-/// swap's lock (briefly holding up the live consumer). Small: the fill
-/// reads the log once for every projection and overlaps reading with
-/// applying, where each swap reads its rest alone and applies it in the
-/// open. With two chunks here, a log at rest had its last 10,000–20,000
-/// events read once per projection at the end.
+/// swap's lock (briefly holding up the live consumer). Kept small: the
+/// fill reads the log once for all projections and overlaps reading with
+/// applying, while each swap reads its rest alone and applies it holding
+/// the lock. At two chunks, every swap read a log at rest's last
+/// 10,000–20,000 events again.
 const SWAP_DISTANCE: i64 = 1_000;
 /// A rebuild's batches are larger than the live consumer's: its tables are
 /// its own, and the more events a batch spans, the more of their row
