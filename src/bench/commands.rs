@@ -10,6 +10,7 @@ use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
 use super::harness::{actors, Actor, Api, Running, API_PREFIX};
+use super::machine::{cpu_line, CpuShares, CpuWindow};
 use super::measure::{
     error_total, merge_errors, ms, print_errors, send_on, verdict, Errors, Outcome, Percentiles,
 };
@@ -68,8 +69,10 @@ async fn commands_on(
     let load = drive_commands(&running.api, actors, args).await?;
     running.stop().await;
     eprintln!("bench: stack stopped; running pgbench...");
+    let window = CpuWindow::start();
     let pgbench = run_pgbench(args, db).await;
-    print_commands_summary(args, pool_size, &load, &pgbench);
+    let pgbench_cpu = window.finish();
+    print_commands_summary(args, pool_size, &load, &pgbench, pgbench_cpu);
     Ok(())
 }
 
@@ -110,6 +113,8 @@ struct CommandLoad {
     tally: Tally,
     /// From the end of the warmup until the last measured answer.
     measured_span: Duration,
+    /// The machine's CPUs over the measured window.
+    cpu: Option<CpuShares>,
 }
 
 async fn drive_commands(
@@ -119,6 +124,7 @@ async fn drive_commands(
 ) -> anyhow::Result<CommandLoad> {
     let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
     let end = measure_from + Duration::from_secs(args.duration_secs);
+    let cpu = CpuWindow::between(measure_from, end);
     let workers: Vec<_> = actors
         .into_iter()
         .map(|actor| tokio::spawn(command_loop(api.clone(), actor, measure_from, end)))
@@ -130,6 +136,7 @@ async fn drive_commands(
     Ok(CommandLoad {
         tally,
         measured_span: measure_from.elapsed(),
+        cpu: cpu.await?,
     })
 }
 
@@ -191,6 +198,7 @@ fn print_commands_summary(
     pool_size: u32,
     load: &CommandLoad,
     pgbench: &anyhow::Result<Pgbench>,
+    pgbench_cpu: Option<CpuShares>,
 ) {
     let tally = &load.tally;
     let rate = tally.latencies.len() as f64 / load.measured_span.as_secs_f64();
@@ -218,6 +226,8 @@ fn print_commands_summary(
         Some(r) => println!("  ratio        commands = {r:.1} % of pgbench"),
         None => println!("  ratio        n/a (no pgbench figure)"),
     }
+    println!("{}", cpu_line("cpu commands", load.cpu));
+    println!("{}", cpu_line("cpu pgbench", pgbench_cpu));
     print_command_goals(args.concurrency, ratio, latency);
 }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::database::BenchDatabase;
 use super::harness::{random_hex, register_users, tokens, Api, Running};
+use super::machine::{cpu_line, CpuShares, CpuSum, CpuWindow};
 use super::measure::{
     error_total, merge_errors, ms, print_errors, send, verdict, Errors, Outcome, Percentiles,
 };
@@ -94,13 +95,35 @@ impl Timeline {
         }
     }
 
+    /// Every slice's start and end, and whether it is a storm slice
+    /// (the odd ones: the first is quiet).
+    fn slices(&self) -> impl Iterator<Item = (Instant, Instant, bool)> + '_ {
+        (0u32..)
+            .map(|k| (self.from + self.slice * k, k % 2 == 1))
+            .take_while(|(start, _)| *start < self.until)
+            .map(|(start, storm)| (start, (start + self.slice).min(self.until), storm))
+    }
+
     /// The storm slices' starts and ends.
     fn storm_slices(&self) -> impl Iterator<Item = (Instant, Instant)> + '_ {
-        (1u32..)
-            .step_by(2)
-            .map(|k| self.from + self.slice * k)
-            .take_while(|start| *start < self.until)
-            .map(|start| (start, (start + self.slice).min(self.until)))
+        self.slices()
+            .filter(|(_, _, storm)| *storm)
+            .map(|(start, end, _)| (start, end))
+    }
+
+    /// The machine's CPUs over the quiet slices and over the storm slices,
+    /// measured in the background: `[quiet, storm]`.
+    fn cpu_by_side(self) -> tokio::task::JoinHandle<[Option<CpuShares>; 2]> {
+        tokio::spawn(async move {
+            let mut sums = [CpuSum::default(), CpuSum::default()];
+            for (start, end, storm) in self.slices() {
+                tokio::time::sleep_until(start.into()).await;
+                let window = CpuWindow::start();
+                tokio::time::sleep_until(end.into()).await;
+                sums[usize::from(storm)].add(window);
+            }
+            sums.map(|sum| sum.shares())
+        })
     }
 }
 
@@ -132,6 +155,7 @@ async fn login_storm_on(
     let storm_emails = register_users(api, args.logins, &storm_password).await?;
     eprintln!("bench: running the background load and the storm...");
     let timeline = Timeline::new(args);
+    let cpu = timeline.cpu_by_side();
     let stop = CancellationToken::new();
     let background: Vec<_> = if args.background_rate == 0 {
         background_tokens
@@ -153,8 +177,9 @@ async fn login_storm_on(
     for worker in background {
         samples.merge(worker.await?);
     }
+    let cpu = cpu.await?;
     running.stop().await;
-    print_storm_summary(args, timeline, &samples, &storm);
+    print_storm_summary(args, timeline, &samples, &storm, cpu);
     Ok(())
 }
 
@@ -335,6 +360,7 @@ fn print_storm_summary(
     timeline: Timeline,
     background: &Background,
     storm: &Storm,
+    [quiet_cpu, storm_cpu]: [Option<CpuShares>; 2],
 ) {
     let (baseline, during) = background.split(timeline, &storm.waves);
     let span = timeline.until - timeline.from;
@@ -378,6 +404,8 @@ fn print_storm_summary(
     }
     print_storm_logins(storm);
     print_storm_errors(background, storm);
+    println!("{}", cpu_line("cpu quiet", quiet_cpu));
+    println!("{}", cpu_line("cpu storm", storm_cpu));
     println!("goal");
     let ratio_text = ratio.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"));
     println!(
@@ -458,6 +486,10 @@ mod tests {
                 (at(base, 6_000), at(base, 7_000)),
             ]
         );
+        let all: Vec<_> = timeline(base).slices().collect();
+        assert_eq!(all.len(), 6, "the slices tile the measured span");
+        assert_eq!(all[0], (at(base, 1_000), at(base, 2_000), false));
+        assert!(all.windows(2).all(|w| w[0].1 == w[1].0 && w[0].2 != w[1].2));
     }
 
     #[test]

@@ -81,6 +81,7 @@ mod database;
 mod harness;
 mod jobs;
 mod login_storm;
+mod machine;
 mod measure;
 mod pgbench;
 mod pipeline;

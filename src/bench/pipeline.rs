@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::database::BenchDatabase;
 use super::harness::{actors, send_command, Actor, Api, Roles, Running};
+use super::machine::{cpu_line, CpuShares, CpuWindow};
 use super::measure::{ms, print_errors, verdict, Errors, Percentiles};
 use crate::settings::Common;
 use crate::stack;
@@ -228,6 +229,8 @@ struct Load {
     end: Instant,
     /// Commands scheduled in the measured window.
     offered: usize,
+    /// The machine's CPUs over the measured window.
+    cpu: Option<CpuShares>,
 }
 
 impl Load {
@@ -268,6 +271,7 @@ async fn drive(api: &Api, actors: Vec<Actor>, args: &PipelineArgs) -> Load {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_secs);
     let end = measure_from + Duration::from_secs(args.duration_secs);
+    let cpu = CpuWindow::between(measure_from, end);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut k: u64 = 0;
     let mut offered = 0;
@@ -305,6 +309,7 @@ async fn drive(api: &Api, actors: Vec<Actor>, args: &PipelineArgs) -> Load {
         measure_from,
         end,
         offered,
+        cpu: cpu.await.ok().flatten(),
     }
 }
 
@@ -925,6 +930,7 @@ fn print_pipeline_summary(args: &PipelineArgs, namespace: &str, load: &Load, j: 
     if error_count > 0 || j.never_visible > 0 || j.missing_stored > 0 {
         println!("  WARNING      this run had errors or lost events: its figures are not clean");
     }
+    println!("{}", cpu_line("cpu", load.cpu));
     print_pipeline_goals(args, j, event_rate, ok as f64 / window);
 }
 

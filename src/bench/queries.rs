@@ -13,6 +13,7 @@ use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
 use super::harness::{projects_at, tokens, Api, Roles, Running, API_PREFIX};
+use super::machine::{cpu_line, CpuShares, CpuWindow};
 use super::measure::{
     error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
 };
@@ -80,6 +81,8 @@ struct Measured {
     /// `tandem_query_cache_hits_total` over the whole load (warmup
     /// included); `None` when `/metrics` did not show it.
     cache_hits: Option<u64>,
+    /// The machine's CPUs over the measured window (both endpoints').
+    cpu: Option<CpuShares>,
 }
 
 async fn measure(running: &Running, args: &QueriesArgs) -> anyhow::Result<Measured> {
@@ -94,7 +97,7 @@ async fn measure(running: &Running, args: &QueriesArgs) -> anyhow::Result<Measur
     let page_bytes = catch_up(api, &tokens, last_position, args.projects_per_user).await?;
     let hits_before = cache_hits(api).await?;
     eprintln!("bench: GET /api/v1/projects and GET /healthz in turns...");
-    let (projects, healthz, schedule) = run_load(api, tokens, args).await?;
+    let (projects, healthz, schedule, cpu) = run_load(api, tokens, args).await?;
     let hits_after = cache_hits(api).await?;
     Ok(Measured {
         page_bytes,
@@ -103,6 +106,7 @@ async fn measure(running: &Running, args: &QueriesArgs) -> anyhow::Result<Measur
         healthz,
         // Absent before any hit: the counter is registered on its first.
         cache_hits: hits_after.map(|a| a - hits_before.unwrap_or(0)),
+        cpu,
     })
 }
 
@@ -249,8 +253,9 @@ async fn run_load(
     api: &Api,
     tokens: Vec<String>,
     args: &QueriesArgs,
-) -> anyhow::Result<(Phase, Phase, Schedule)> {
+) -> anyhow::Result<(Phase, Phase, Schedule, Option<CpuShares>)> {
     let schedule = Schedule::new(args);
+    let cpu = CpuWindow::between(schedule.measure_from, schedule.end);
     let workers: Vec<_> = tokens
         .into_iter()
         .map(|token| tokio::spawn(get_loop(api.wire(), token, schedule)))
@@ -263,7 +268,7 @@ async fn run_load(
     }
     projects.measured_span = schedule.measured_per_endpoint();
     healthz.measured_span = schedule.measured_per_endpoint();
-    Ok((projects, healthz, schedule))
+    Ok((projects, healthz, schedule, cpu.await?))
 }
 
 async fn get_loop(mut wire: Wire, token: String, schedule: Schedule) -> [Phase; 2] {
@@ -362,6 +367,7 @@ fn print_queries_summary(args: &QueriesArgs, m: &Measured) {
     if errors > 0 || m.projects.odd_bodies + m.healthz.odd_bodies > 0 {
         println!("  WARNING      this run had errors: its figures are not clean");
     }
+    println!("{}", cpu_line("cpu", m.cpu));
     println!("goal");
     let caveat = if args.concurrency == RATIO_GOAL_CONCURRENCY {
         String::new()

@@ -16,6 +16,7 @@ use tandem_commands::db::{self, PoolConfig};
 use tandem_projections::models;
 
 use super::database::BenchDatabase;
+use super::machine::{cpu_line, CpuWindow};
 use super::measure::verdict;
 use crate::replay::{PostgresLog, ProgressBar};
 use crate::settings::Common;
@@ -63,6 +64,7 @@ async fn replay_on(args: &ReplayArgs, db: &BenchDatabase) -> anyhow::Result<()> 
 
     eprintln!("bench: rebuilding every projection from position 0...");
     let started = Instant::now();
+    let cpu = CpuWindow::start();
     let reports = tandem_projections::rebuild::rebuild(
         &pool,
         &models::all(),
@@ -73,6 +75,7 @@ async fn replay_on(args: &ReplayArgs, db: &BenchDatabase) -> anyhow::Result<()> 
     .map_err(|e| anyhow::anyhow!(e))
     .context("rebuilding")?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish();
     // Rebuilt = every projection's new tables are live; the digests of old
     // vs new that follow are a report, timed separately.
     let live = reports.iter().map(|r| r.live_after).fold(0.0, f64::max);
@@ -101,6 +104,7 @@ async fn replay_on(args: &ReplayArgs, db: &BenchDatabase) -> anyhow::Result<()> 
             .collect();
         println!("  {:<12} {}", report.projection, rows.join(", "));
     }
+    println!("{}", cpu_line("cpu", cpu));
     println!("goals");
     println!(
         "  rebuild >= {GOAL_EVENTS_PER_SEC:.0} events/s from >= 1M events    {} ({rate:.0} events/s from {events})",
