@@ -9,8 +9,8 @@ use serde_json::json;
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{actors, Actor, Api, Running, API_PREFIX};
-use super::machine::{cpu_line, CpuShares, CpuWindow};
+use super::harness::{actors as actors_of, bench_gateway_config, Actor, Api, Running, API_PREFIX};
+use super::machine::{cpu_line, CpuSum, CpuWindow};
 use super::measure::{
     error_total, merge_errors, ms, print_errors, send_on, verdict, Errors, Outcome, Percentiles,
 };
@@ -23,9 +23,13 @@ pub struct CommandsArgs {
     /// Concurrent users, each with its own HTTP loop (and pgbench clients).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
-    /// Measured time, after the warmup.
+    /// Measured time of each side, after the warmup, in rounds of
+    /// `--slice-secs` (the last one shorter if it does not divide).
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
+    /// One round: the command path this long, then pgbench as long.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub slice_secs: u64,
     /// Load before measuring (connections, caches, JIT-free steady state).
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
@@ -57,23 +61,92 @@ async fn commands_on(
     db: &BenchDatabase,
 ) -> anyhow::Result<()> {
     let pool_size = args.pool_size.unwrap_or(args.concurrency + 16);
-    let write = WriteSideConfig::default();
-    let running =
-        Running::start(common, db, pool_size, args.concurrency as usize * 2, write).await?;
-    eprintln!(
-        "bench: stack on {}, setting up {} users...",
-        running.stack.addr, args.concurrency
-    );
-    let actors = actors(&running.api, args.concurrency).await?;
-    eprintln!("bench: running the command load...");
-    let load = drive_commands(&running.api, actors, args).await?;
-    running.stop().await;
-    eprintln!("bench: stack stopped; running pgbench...");
-    let window = CpuWindow::start();
-    let pgbench = run_pgbench(args, db).await;
-    let pgbench_cpu = window.finish();
-    print_commands_summary(args, pool_size, &load, &pgbench, pgbench_cpu);
+    let http_connections = args.concurrency as usize * 2;
+    let mut gateway = None;
+    let mut actors = Vec::new();
+    let mut load = CommandLoad::default();
+    let mut pgbench = PgbenchRounds::default();
+    for (round, secs) in rounds(args.duration_secs, args.slice_secs).enumerate() {
+        let running = Running::start_as(
+            common,
+            db,
+            pool_size,
+            http_connections,
+            WriteSideConfig::default(),
+            gateway.take().unwrap_or_else(bench_gateway_config),
+        )
+        .await?;
+        if actors.is_empty() {
+            eprintln!(
+                "bench: stack on {}, setting up {} users...",
+                running.stack.addr, args.concurrency
+            );
+            actors = actors_of(&running.api, args.concurrency).await?;
+        }
+        eprintln!(
+            "bench: round {}: the command load for {secs}s...",
+            round + 1
+        );
+        let warmup = if round == 0 {
+            args.warmup_secs
+        } else {
+            RESTART_WARMUP_SECS
+        };
+        let slice = Slice {
+            warmup: Duration::from_secs(warmup),
+            measured: Duration::from_secs(secs),
+            // Every round writes new files: a name never comes back.
+            first_command: round as u64 * COMMANDS_PER_ROUND,
+        };
+        load.merge(drive_commands(&running.api, &actors, slice).await?);
+        gateway = Some(running.gateway.clone());
+        // Stopped: its pool's connections would count against the
+        // server's `max_connections` beside pgbench's.
+        running.stop().await;
+        eprintln!("bench: round {}: pgbench for {secs}s...", round + 1);
+        let window = CpuWindow::start();
+        let outcome = run_pgbench(args, db, secs).await;
+        pgbench.record(outcome, window);
+    }
+    print_commands_summary(args, pool_size, &load, &pgbench);
     Ok(())
+}
+
+/// Warmup of every round after the first: the database and the users are
+/// warm, the new stack's connections and caches are not.
+const RESTART_WARMUP_SECS: u64 = 1;
+/// Commands numbers of round `k` start at `k` times this.
+const COMMANDS_PER_ROUND: u64 = 1 << 32;
+
+/// The measured seconds of each round: `slice` each, the rest last.
+fn rounds(total: u64, slice: u64) -> impl Iterator<Item = u64> {
+    let slice = slice.max(1);
+    (0..total.max(1).div_ceil(slice)).map(move |k| slice.min(total.max(1) - k * slice))
+}
+
+/// pgbench's rounds: each one's figures, and the CPUs over all of them.
+#[derive(Default)]
+struct PgbenchRounds {
+    runs: Vec<Pgbench>,
+    failed: Option<anyhow::Error>,
+    cpu: CpuSum,
+}
+
+impl PgbenchRounds {
+    fn record(&mut self, outcome: anyhow::Result<Pgbench>, window: CpuWindow) {
+        self.cpu.add(window);
+        match outcome {
+            Ok(run) => self.runs.push(run),
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// The mean tps of its rounds (each ran as long as the command load
+    /// before it), unless a round failed.
+    fn tps(&self) -> Option<f64> {
+        (self.failed.is_none() && !self.runs.is_empty())
+            .then(|| self.runs.iter().map(|r| r.tps).sum::<f64>() / self.runs.len() as f64)
+    }
 }
 
 /// What the command loops saw. Latencies are of 2xx answers in the
@@ -109,43 +182,78 @@ impl Tally {
     }
 }
 
+/// Every round's load, added up.
+#[derive(Default)]
 struct CommandLoad {
     tally: Tally,
-    /// From the end of the warmup until the last measured answer.
+    /// From the end of each round's warmup until its last measured answer.
     measured_span: Duration,
-    /// The machine's CPUs over the measured window.
-    cpu: Option<CpuShares>,
+    /// Each round's rate, in order.
+    rates: Vec<f64>,
+    /// The machine's CPUs over the measured windows.
+    cpu: CpuSum,
 }
 
-async fn drive_commands(
-    api: &Api,
-    actors: Vec<Actor>,
-    args: &CommandsArgs,
-) -> anyhow::Result<CommandLoad> {
-    let measure_from = Instant::now() + Duration::from_secs(args.warmup_secs);
-    let end = measure_from + Duration::from_secs(args.duration_secs);
+impl CommandLoad {
+    fn merge(&mut self, round: CommandLoad) {
+        self.rates.extend(round.rates);
+        self.tally.merge(round.tally);
+        self.measured_span += round.measured_span;
+        self.cpu.merge(round.cpu);
+    }
+}
+
+/// One round of the command load.
+#[derive(Clone, Copy)]
+struct Slice {
+    warmup: Duration,
+    measured: Duration,
+    /// Each loop's first command number.
+    first_command: u64,
+}
+
+async fn drive_commands(api: &Api, actors: &[Actor], slice: Slice) -> anyhow::Result<CommandLoad> {
+    let measure_from = Instant::now() + slice.warmup;
+    let end = measure_from + slice.measured;
     let cpu = CpuWindow::between(measure_from, end);
     let workers: Vec<_> = actors
-        .into_iter()
-        .map(|actor| tokio::spawn(command_loop(api.clone(), actor, measure_from, end)))
+        .iter()
+        .map(|actor| {
+            let run = command_loop(
+                api.clone(),
+                actor.clone(),
+                slice.first_command,
+                measure_from,
+                end,
+            );
+            tokio::spawn(run)
+        })
         .collect();
     let mut tally = Tally::default();
     for worker in workers {
         tally.merge(worker.await?);
     }
+    let measured_span = measure_from.elapsed();
     Ok(CommandLoad {
+        rates: vec![tally.latencies.len() as f64 / measured_span.as_secs_f64()],
         tally,
-        measured_span: measure_from.elapsed(),
+        measured_span,
         cpu: cpu.await?,
     })
 }
 
 /// One user's loop, on a connection of its own: a command, its answer,
 /// the next command. Requests started before `measure_from` are the warmup.
-async fn command_loop(api: Api, actor: Actor, measure_from: Instant, end: Instant) -> Tally {
+async fn command_loop(
+    api: Api,
+    actor: Actor,
+    first: u64,
+    measure_from: Instant,
+    end: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let mut wire = api.wire();
-    let mut n: u64 = 0;
+    let mut n = first;
     while Instant::now() < end {
         let (method, path, body) = next_command(&actor, n);
         n += 1;
@@ -197,8 +305,7 @@ fn print_commands_summary(
     args: &CommandsArgs,
     pool_size: u32,
     load: &CommandLoad,
-    pgbench: &anyhow::Result<Pgbench>,
-    pgbench_cpu: Option<CpuShares>,
+    pgbench: &PgbenchRounds,
 ) {
     let tally = &load.tally;
     let rate = tally.latencies.len() as f64 / load.measured_span.as_secs_f64();
@@ -210,25 +317,35 @@ fn print_commands_summary(
         args.concurrency, args.database
     );
     println!(
-        "  load         POST /projects and PUT /workspaces/{{id}}/files/f{{n}}.txt alternately, {}s warmup + {}s measured",
-        args.warmup_secs, args.duration_secs
+        "  load         POST /projects and PUT /workspaces/{{id}}/files/f{{n}}.txt alternately; {} rounds of the command load then pgbench, {}s each side ({}s in all), so the machine's drift falls on both; {}s warmup, {RESTART_WARMUP_SECS}s in later rounds (a new stack each round)",
+        load.rates.len(),
+        args.slice_secs,
+        args.duration_secs,
+        args.warmup_secs
     );
     println!(
-        "  commands     {} ok in {:.2}s = {rate:.1} req/s",
+        "  commands     {} ok in {:.2}s = {rate:.1} req/s (rounds: {})",
         tally.latencies.len(),
-        load.measured_span.as_secs_f64()
+        load.measured_span.as_secs_f64(),
+        figures(&load.rates)
     );
     print_latency("  latency ms  ", latency);
     print_command_checks(tally);
-    let pgbench_tps = print_pgbench(args, pgbench);
+    let pgbench_tps = print_pgbench(pgbench);
     let ratio = pgbench_tps.map(|tps| rate / tps * 100.0);
     match ratio {
         Some(r) => println!("  ratio        commands = {r:.1} % of pgbench"),
         None => println!("  ratio        n/a (no pgbench figure)"),
     }
-    println!("{}", cpu_line("cpu commands", load.cpu));
-    println!("{}", cpu_line("cpu pgbench", pgbench_cpu));
+    println!("{}", cpu_line("cpu commands", load.cpu.shares()));
+    println!("{}", cpu_line("cpu pgbench", pgbench.cpu.shares()));
     print_command_goals(args.concurrency, ratio, latency);
+}
+
+/// `1234.5, 1200.0, ...`
+fn figures(values: &[f64]) -> String {
+    let texts: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+    texts.join(", ")
 }
 
 fn print_latency(label: &str, latency: Option<Percentiles>) {
@@ -258,21 +375,24 @@ fn print_command_checks(tally: &Tally) {
     }
 }
 
-/// Prints pgbench's line; returns its tps when it ran.
-fn print_pgbench(args: &CommandsArgs, pgbench: &anyhow::Result<Pgbench>) -> Option<f64> {
-    match pgbench {
-        Ok(p) => {
-            println!(
-                "  pgbench      tps {:.1}, latency avg {:.2} ms ({} clients, {} threads, {}s, prepared single-row INSERT; tandem stack stopped first)",
-                p.tps, p.latency_avg_ms, p.clients, p.threads, args.duration_secs
-            );
-            Some(p.tps)
-        }
-        Err(e) => {
-            println!("  pgbench      did not run: {e:#}");
-            None
-        }
+/// Prints pgbench's line; returns its tps when every round ran.
+fn print_pgbench(pgbench: &PgbenchRounds) -> Option<f64> {
+    if let Some(e) = &pgbench.failed {
+        println!("  pgbench      did not run: {e:#}");
+        return None;
     }
+    let tps = pgbench.tps()?;
+    let first = &pgbench.runs[0];
+    let latency =
+        pgbench.runs.iter().map(|r| r.latency_avg_ms).sum::<f64>() / pgbench.runs.len() as f64;
+    let rates: Vec<f64> = pgbench.runs.iter().map(|r| r.tps).collect();
+    println!(
+        "  pgbench      tps {tps:.1} (rounds: {}), latency avg {latency:.2} ms ({} clients, {} threads, prepared single-row INSERT; tandem stack stopped first)",
+        figures(&rates),
+        first.clients,
+        first.threads,
+    );
+    Some(tps)
 }
 
 fn print_command_goals(concurrency: u32, ratio: Option<f64>, latency: Option<Percentiles>) {
@@ -296,4 +416,38 @@ fn print_command_goals(concurrency: u32, ratio: Option<f64>, latency: Option<Per
         P99_GOAL.as_millis(),
         verdict(p99_met)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_are_whole_slices_and_the_rest_comes_last() {
+        let of = |total, slice| rounds(total, slice).collect::<Vec<_>>();
+        assert_eq!(of(10, 5), [5, 5]);
+        assert_eq!(of(12, 5), [5, 5, 2]);
+        assert_eq!(of(3, 5), [3]);
+        assert_eq!(of(0, 5), [1], "at least one round of one second");
+    }
+
+    #[test]
+    fn pgbench_is_the_mean_of_its_rounds_and_nothing_if_one_failed() {
+        let run = |tps| Pgbench {
+            tps,
+            latency_avg_ms: 1.0,
+            clients: 64,
+            threads: 2,
+        };
+        let mut rounds = PgbenchRounds::default();
+        assert_eq!(rounds.tps(), None);
+        rounds.record(Ok(run(1000.0)), CpuWindow::start());
+        rounds.record(Ok(run(3000.0)), CpuWindow::start());
+        assert_eq!(rounds.tps(), Some(2000.0));
+        rounds.record(
+            Err(anyhow::anyhow!("pgbench: not found")),
+            CpuWindow::start(),
+        );
+        assert_eq!(rounds.tps(), None);
+    }
 }

@@ -110,6 +110,8 @@ pub(super) struct Running {
     pub(super) api: Api,
     /// This run's own NATS/Redis namespace (`bench<uuid>`).
     pub(super) namespace: String,
+    /// Its gateway's configuration (secret, namespace), to start again.
+    pub(super) gateway: GatewayConfig,
 }
 
 impl Running {
@@ -121,13 +123,35 @@ impl Running {
         http_connections: usize,
         write: WriteSideConfig,
     ) -> anyhow::Result<Self> {
-        Self::start_with(
+        Self::start_as(
             common,
             db,
             pool_size,
             http_connections,
             write,
+            bench_gateway_config(),
+        )
+        .await
+    }
+
+    /// The command path alone, with a given secret and namespace: a stack
+    /// started again with [`Running::gateway`] of an earlier one accepts
+    /// its tokens.
+    pub(super) async fn start_as(
+        common: &Common,
+        db: &BenchDatabase,
+        pool_size: u32,
+        http_connections: usize,
+        write: WriteSideConfig,
+        gateway: GatewayConfig,
+    ) -> anyhow::Result<Self> {
+        Self::launch(
+            common,
+            db,
+            (pool_size, http_connections),
+            write,
             Roles::CommandPath,
+            gateway,
         )
         .await
     }
@@ -140,6 +164,25 @@ impl Running {
         write: WriteSideConfig,
         roles: Roles,
     ) -> anyhow::Result<Self> {
+        Self::launch(
+            common,
+            db,
+            (pool_size, http_connections),
+            write,
+            roles,
+            bench_gateway_config(),
+        )
+        .await
+    }
+
+    async fn launch(
+        common: &Common,
+        db: &BenchDatabase,
+        (pool_size, http_connections): (u32, usize),
+        write: WriteSideConfig,
+        roles: Roles,
+        gateway: GatewayConfig,
+    ) -> anyhow::Result<Self> {
         let endpoints = Endpoints {
             database_url: db.url.clone(),
             redis_url: common.redis_url.clone(),
@@ -151,7 +194,6 @@ impl Running {
         };
         let connections = stack::connect(&endpoints).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let gateway = bench_gateway_config();
         let namespace = gateway.namespace.clone();
         let (relay, projections) = match roles {
             Roles::CommandPath => (false, false),
@@ -167,7 +209,7 @@ impl Running {
             Roles::CommandPath | Roles::WithReadSide => None,
         };
         let options = StackOptions {
-            gateway,
+            gateway: gateway.clone(),
             write,
             sequencer: Some(SequencerConfig::default()),
             // Without the read side: the command path alone, as the
@@ -185,6 +227,7 @@ impl Running {
             stack,
             api,
             namespace,
+            gateway,
         })
     }
 
@@ -235,7 +278,7 @@ async fn remove_namespace(common: &Common, namespace: &str) -> anyhow::Result<()
 
 /// A random JWT key and a fresh namespace per run, so a bench never shares
 /// keys, Redis state or subjects with a real deployment.
-fn bench_gateway_config() -> GatewayConfig {
+pub(super) fn bench_gateway_config() -> GatewayConfig {
     let mut config = GatewayConfig::with_secret(Secret::new(random_hex().into_bytes()));
     config.namespace = format!("bench{}", Uuid::new_v4().simple());
     config.rate_limits.auth_per_ip = 1_000_000;
@@ -363,6 +406,7 @@ pub(super) async fn tokens(api: &Api, count: u32) -> anyhow::Result<Vec<String>>
 }
 
 /// A logged-in user with a workspace of its own to write files into.
+#[derive(Clone)]
 pub(super) struct Actor {
     pub(super) token: String,
     pub(super) workspace: String,

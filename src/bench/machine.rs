@@ -108,17 +108,16 @@ impl CpuWindow {
         CpuTicks::now()?.minus(self.0?)
     }
 
-    /// The shares between two future instants, measured in the background
+    /// The window between two future instants, measured in the background
     /// so a load loop need not take part.
-    pub(super) fn between(
-        from: Instant,
-        until: Instant,
-    ) -> tokio::task::JoinHandle<Option<CpuShares>> {
+    pub(super) fn between(from: Instant, until: Instant) -> tokio::task::JoinHandle<CpuSum> {
         tokio::spawn(async move {
             tokio::time::sleep_until(from.into()).await;
             let window = Self::start();
             tokio::time::sleep_until(until.into()).await;
-            window.finish()
+            let mut sum = CpuSum::default();
+            sum.add(window);
+            sum
         })
     }
 }
@@ -130,7 +129,12 @@ pub(super) struct CpuSum(Option<CpuTicks>);
 impl CpuSum {
     /// Adds the window from its start until now.
     pub(super) fn add(&mut self, window: CpuWindow) {
-        if let Some(spent) = window.spent() {
+        self.merge(CpuSum(window.spent()));
+    }
+
+    /// Adds another sum's windows.
+    pub(super) fn merge(&mut self, other: CpuSum) {
+        if let Some(spent) = other.0 {
             self.0 = Some(self.0.map_or(spent, |sum| sum.plus(spent)));
         }
     }
@@ -217,5 +221,8 @@ mod tests {
         let mut sum = CpuSum::default();
         sum.add(CpuWindow::start());
         assert!(sum.0.is_some(), "a window that was read adds up");
+        let before = sum.0.unwrap();
+        sum.merge(CpuSum(Some(before)));
+        assert_eq!(sum.0, Some(before.plus(before)));
     }
 }

@@ -25,11 +25,12 @@ pub(super) struct Pgbench {
     pub(super) threads: u32,
 }
 
-/// Single-row inserts at the command bench's concurrency and duration,
+/// Single-row inserts at the command bench's concurrency for `secs`,
 /// against the bench database, from a script in a temporary folder.
 pub(super) async fn run_pgbench(
     args: &CommandsArgs,
     db: &BenchDatabase,
+    secs: u64,
 ) -> anyhow::Result<Pgbench> {
     let mut conn = db.connect().await?;
     sqlx::query(PGBENCH_TABLE).execute(&mut conn).await?;
@@ -38,7 +39,7 @@ pub(super) async fn run_pgbench(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let script = dir.join("insert.sql");
     let output = match std::fs::write(&script, PGBENCH_SCRIPT) {
-        Ok(()) => pgbench_command(args, db, &script).output().await,
+        Ok(()) => pgbench_command(args, db, &script, secs).output().await,
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -66,6 +67,7 @@ fn pgbench_command(
     args: &CommandsArgs,
     db: &BenchDatabase,
     script: &Path,
+    secs: u64,
 ) -> tokio::process::Command {
     let options = &db.options;
     let host = options.get_socket().map_or_else(
@@ -77,7 +79,7 @@ fn pgbench_command(
         .args(["-n", "-M", "prepared"])
         .args(["-c", &args.concurrency.to_string()])
         .args(["-j", &pgbench_threads(args.concurrency).to_string()])
-        .args(["-T", &args.duration_secs.max(1).to_string()])
+        .args(["-T", &secs.max(1).to_string()])
         .arg("-f")
         .arg(script)
         .args(["-h", &host, "-p", &options.get_port().to_string()])

@@ -309,7 +309,7 @@ async fn drive(api: &Api, actors: Vec<Actor>, args: &PipelineArgs) -> Load {
         measure_from,
         end,
         offered,
-        cpu: cpu.await.ok().flatten(),
+        cpu: cpu.await.ok().and_then(|sum| sum.shares()),
     }
 }
 

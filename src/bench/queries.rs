@@ -268,7 +268,7 @@ async fn run_load(
     }
     projects.measured_span = schedule.measured_per_endpoint();
     healthz.measured_span = schedule.measured_per_endpoint();
-    Ok((projects, healthz, schedule, cpu.await?))
+    Ok((projects, healthz, schedule, cpu.await?.shares()))
 }
 
 async fn get_loop(mut wire: Wire, token: String, schedule: Schedule) -> [Phase; 2] {
