@@ -9,7 +9,9 @@ use serde_json::json;
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{actors as actors_of, bench_gateway_config, Actor, Api, Running, API_PREFIX};
+use super::harness::{
+    actors as actors_of, bench_gateway_config, Actor, Api, Roles, Running, API_PREFIX,
+};
 use super::machine::{cpu_line, CpuSum, CpuWindow};
 use super::measure::{
     error_total, merge_errors, ms, print_errors, send_on, verdict, Errors, Outcome, Percentiles,
@@ -67,12 +69,13 @@ async fn commands_on(
     let mut load = CommandLoad::default();
     let mut pgbench = PgbenchRounds::default();
     for (round, secs) in rounds(args.duration_secs, args.slice_secs).enumerate() {
-        let running = Running::start_as(
+        let running = Running::start(
             common,
             db,
             pool_size,
             http_connections,
             WriteSideConfig::default(),
+            Roles::CommandPath,
             gateway.take().unwrap_or_else(bench_gateway_config),
         )
         .await?;

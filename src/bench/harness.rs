@@ -115,70 +115,14 @@ pub(super) struct Running {
 }
 
 impl Running {
-    /// The command path alone (no relay, no projections).
+    /// Starts the stack with `roles`. A stack started again with the
+    /// [`Running::gateway`] of an earlier one (same secret and namespace)
+    /// accepts its tokens; [`bench_gateway_config`] makes a fresh one.
     pub(super) async fn start(
         common: &Common,
         db: &BenchDatabase,
         pool_size: u32,
         http_connections: usize,
-        write: WriteSideConfig,
-    ) -> anyhow::Result<Self> {
-        Self::start_as(
-            common,
-            db,
-            pool_size,
-            http_connections,
-            write,
-            bench_gateway_config(),
-        )
-        .await
-    }
-
-    /// The command path alone, with a given secret and namespace: a stack
-    /// started again with [`Running::gateway`] of an earlier one accepts
-    /// its tokens.
-    pub(super) async fn start_as(
-        common: &Common,
-        db: &BenchDatabase,
-        pool_size: u32,
-        http_connections: usize,
-        write: WriteSideConfig,
-        gateway: GatewayConfig,
-    ) -> anyhow::Result<Self> {
-        Self::launch(
-            common,
-            db,
-            (pool_size, http_connections),
-            write,
-            Roles::CommandPath,
-            gateway,
-        )
-        .await
-    }
-
-    pub(super) async fn start_with(
-        common: &Common,
-        db: &BenchDatabase,
-        pool_size: u32,
-        http_connections: usize,
-        write: WriteSideConfig,
-        roles: Roles,
-    ) -> anyhow::Result<Self> {
-        Self::launch(
-            common,
-            db,
-            (pool_size, http_connections),
-            write,
-            roles,
-            bench_gateway_config(),
-        )
-        .await
-    }
-
-    async fn launch(
-        common: &Common,
-        db: &BenchDatabase,
-        (pool_size, http_connections): (u32, usize),
         write: WriteSideConfig,
         roles: Roles,
         gateway: GatewayConfig,

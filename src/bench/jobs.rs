@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::database::BenchDatabase;
-use super::harness::{tokens, Api, Roles, Running};
+use super::harness::{bench_gateway_config, tokens, Api, Roles, Running};
 use super::measure::{ms, verdict, Percentiles};
 use crate::settings::Common;
 
@@ -213,13 +213,14 @@ async fn on_fresh_stack(
 ) -> anyhow::Result<(Rates, Option<Percentiles>)> {
     let db = BenchDatabase::recreate(&common.database_url, &args.database).await?;
     let outcome = async {
-        let running = Running::start_with(
+        let running = Running::start(
             common,
             &db,
             args.pool_size,
             64,
             WriteSideConfig::default(),
             Roles::WithJobs { slots, projections },
+            bench_gateway_config(),
         )
         .await?;
         let outcome = measure(common, args, slots, &running, latency_jobs).await;

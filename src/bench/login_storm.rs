@@ -18,7 +18,9 @@ use tandem_commands::WriteSideConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::database::BenchDatabase;
-use super::harness::{random_hex, register_users, tokens, Api, Running};
+use super::harness::{
+    bench_gateway_config, random_hex, register_users, tokens, Api, Roles, Running,
+};
 use super::machine::{cpu_line, CpuShares, CpuSum, CpuWindow};
 use super::measure::{
     error_total, merge_errors, ms, print_errors, send, verdict, Errors, Outcome, Percentiles,
@@ -144,7 +146,16 @@ async fn login_storm_on(
     if let Some(duty) = args.hash_duty_percent {
         write.hash_duty_percent = duty;
     }
-    let running = Running::start(common, db, loops + 16, loops as usize * 2, write).await?;
+    let running = Running::start(
+        common,
+        db,
+        loops + 16,
+        loops as usize * 2,
+        write,
+        Roles::CommandPath,
+        bench_gateway_config(),
+    )
+    .await?;
     let api = &running.api;
     eprintln!(
         "bench: stack on {}, setting up {loops} users...",

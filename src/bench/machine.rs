@@ -156,33 +156,22 @@ pub(super) fn cpu_line(label: &str, shares: Option<CpuShares>) -> String {
 mod tests {
     use super::*;
 
+    fn ticks(busy: u64, idle: u64, steal: u64) -> CpuTicks {
+        CpuTicks { busy, idle, steal }
+    }
+
     #[test]
     fn the_cpu_line_is_split_into_busy_idle_and_steal() {
-        let ticks = CpuTicks::parse("cpu  100 5 20 300 10 1 4 60 7 0").unwrap();
-        assert_eq!(
-            ticks,
-            CpuTicks {
-                busy: 130,
-                idle: 310,
-                steal: 60
-            }
-        );
+        let parsed = CpuTicks::parse("cpu  100 5 20 300 10 1 4 60 7 0").unwrap();
+        assert_eq!(parsed, ticks(130, 310, 60));
         assert_eq!(CpuTicks::parse("cpu0 1 2 3 4 5 6 7 8"), None);
         assert_eq!(CpuTicks::parse("cpu 1 2 3"), None);
     }
 
     #[test]
     fn shares_are_of_the_window_and_sum_to_100() {
-        let before = CpuTicks {
-            busy: 1000,
-            idle: 500,
-            steal: 10,
-        };
-        let after = CpuTicks {
-            busy: 1160,
-            idle: 520,
-            steal: 30,
-        };
+        let before = ticks(1000, 500, 10);
+        let after = ticks(1160, 520, 30);
         let shares = after.minus(before).and_then(CpuTicks::shares).unwrap();
         assert_eq!((shares.busy, shares.idle, shares.steal), (80.0, 10.0, 10.0));
         assert_eq!(before.minus(after), None, "counters never run backwards");
@@ -199,16 +188,8 @@ mod tests {
 
     #[test]
     fn windows_add_up_before_they_become_shares() {
-        let a = CpuTicks {
-            busy: 90,
-            idle: 0,
-            steal: 10,
-        };
-        let b = CpuTicks {
-            busy: 10,
-            idle: 90,
-            steal: 0,
-        };
+        let a = ticks(90, 0, 10);
+        let b = ticks(10, 90, 0);
         let shares = a.plus(b).shares().unwrap();
         assert_eq!((shares.busy, shares.idle, shares.steal), (50.0, 45.0, 5.0));
         assert_eq!(CpuSum::default().shares(), None);

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::database::BenchDatabase;
-use super::harness::{actors, send_command, Actor, Api, Roles, Running};
+use super::harness::{actors, bench_gateway_config, send_command, Actor, Api, Roles, Running};
 use super::machine::{cpu_line, CpuShares, CpuWindow};
 use super::measure::{ms, print_errors, verdict, Errors, Percentiles};
 use crate::settings::Common;
@@ -82,13 +82,14 @@ async fn pipeline_on(
     args: &PipelineArgs,
     db: &BenchDatabase,
 ) -> anyhow::Result<()> {
-    let running = Running::start_with(
+    let running = Running::start(
         common,
         db,
         args.pool_size,
         256,
         WriteSideConfig::default(),
         Roles::WithReadSide,
+        bench_gateway_config(),
     )
     .await?;
     let namespace = running.namespace.clone();

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tandem_commands::WriteSideConfig;
 
 use super::database::BenchDatabase;
-use super::harness::{projects_at, tokens, Api, Roles, Running, API_PREFIX};
+use super::harness::{bench_gateway_config, projects_at, tokens, Api, Roles, Running, API_PREFIX};
 use super::machine::{cpu_line, CpuShares, CpuWindow};
 use super::measure::{
     error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
@@ -58,13 +58,14 @@ pub(super) async fn queries(common: &Common, args: &QueriesArgs) -> anyhow::Resu
 }
 
 async fn queries_on(common: &Common, args: &QueriesArgs, db: &BenchDatabase) -> anyhow::Result<()> {
-    let running = Running::start_with(
+    let running = Running::start(
         common,
         db,
         POOL_SIZE,
         SETUP_PARALLELISM * 2,
         WriteSideConfig::default(),
         Roles::WithReadSide,
+        bench_gateway_config(),
     )
     .await?;
     let measured = measure(&running, args).await;

@@ -40,7 +40,8 @@ use uuid::Uuid;
 
 use super::database::BenchDatabase;
 use super::harness::{
-    log_in_all, projects_at, random_hex, register_users, send_command, Api, Roles, Running,
+    bench_gateway_config, log_in_all, projects_at, random_hex, register_users, send_command, Api,
+    Roles, Running,
 };
 use super::measure::{
     error_total, merge_errors, metric_value, ms, print_errors, verdict, Errors, Percentiles,
@@ -159,13 +160,14 @@ async fn realtime_on(
     db: &BenchDatabase,
     limits: &NofileLimit,
 ) -> anyhow::Result<()> {
-    let running = Running::start_with(
+    let running = Running::start(
         common,
         db,
         POOL_SIZE,
         args.http_concurrency as usize,
         WriteSideConfig::default(),
         Roles::WithReadSide,
+        bench_gateway_config(),
     )
     .await?;
     let outcome = match Gateway::spawn(common, &db.url, &running.namespace).await {
