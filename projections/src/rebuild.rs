@@ -270,9 +270,11 @@ async fn prepare(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::E
         // Only the primary key while filling (upserts and updates need
         // it), and none on a table only inserted into; other indexes are
         // built once at the end, which is far cheaper than maintaining
-        // them row by row.
+        // them row by row. Unlogged while filling: the fill writes no WAL
+        // (a crash truncates the tables, and a rebuild always starts over
+        // from `prepare`); `build_indexes` makes them logged first.
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
+            "CREATE UNLOGGED TABLE {schema}.{table} (LIKE {LIVE_SCHEMA}.{table} INCLUDING ALL EXCLUDING INDEXES)"
         ))
         .execute(&mut *conn)
         .await?;
@@ -330,12 +332,14 @@ async fn copy_constraints(
         .collect())
 }
 
-/// Builds the keys, unique constraints and indexes the fill went without.
+/// Makes the filled tables logged (durable from here on: one rewrite,
+/// before the indexes exist, so they are built once), then builds the
+/// keys, unique constraints and indexes the fill went without.
 async fn build_indexes(pool: &PgPool, projector: &dyn Projector) -> Result<(), sqlx::Error> {
     let schema = rebuild_schema(projector.name());
     let mut conn = pool.acquire().await?;
     for table in projector.tables() {
-        let mut statements = Vec::new();
+        let mut statements = vec![format!("ALTER TABLE {schema}.{table} SET LOGGED")];
         if projector.insert_only().contains(table) {
             statements.extend(copy_constraints(&mut conn, &schema, table, "p").await?);
         }
