@@ -118,7 +118,7 @@ async fn commands_on(
 /// Warmup of every round after the first: the database and the users are
 /// warm, the new stack's connections and caches are not.
 const RESTART_WARMUP_SECS: u64 = 1;
-/// Commands numbers of round `k` start at `k` times this.
+/// The command numbers of round `k` start at `k` times this.
 const COMMANDS_PER_ROUND: u64 = 1 << 32;
 
 /// The measured seconds of each round: `slice` each, the rest last.
