@@ -22,7 +22,7 @@ use tandem_domain::user::User;
 use tandem_domain::{ProjectScoped, UserId};
 
 use crate::event_store::BatchedEventStore;
-use crate::positions::{AppendNotifier, PositionWaiter};
+use crate::positions::PositionWaiter;
 
 type PgStore<A> = PersistedEventStore<BatchedEventStore, A>;
 
@@ -150,7 +150,6 @@ struct Inner {
     jobs: PgStore<Job>,
     unit: (),
     directory: Directory,
-    notifier: AppendNotifier,
     positions: PositionWaiter,
 }
 
@@ -168,7 +167,6 @@ impl CommandBus {
     pub fn new(
         events: &BatchedEventStore,
         directory: Directory,
-        notifier: AppendNotifier,
         positions: PositionWaiter,
     ) -> Self {
         Self {
@@ -180,7 +178,6 @@ impl CommandBus {
                 jobs: store(events),
                 unit: (),
                 directory,
-                notifier,
                 positions,
             }),
         }
@@ -331,9 +328,6 @@ impl CommandBus {
                 Err(e) => return Err(CommandError::from_store(e)),
             }
         };
-        if appended > 0 {
-            self.inner.notifier.poke();
-        }
         let position = if version == 0 || !positioned {
             None
         } else {

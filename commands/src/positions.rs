@@ -6,7 +6,9 @@
 //!   a separate tiny statement — not from a trigger inside the writer's
 //!   transaction, where it would take Postgres's global notify lock at
 //!   commit and serialize every writer's commit behind it. Pokes coalesce,
-//!   so a burst of commits costs one NOTIFY in flight.
+//!   so a burst of commits costs one NOTIFY in flight. While the
+//!   in-process sequencer leads, appends sequence at commit instead
+//!   ([`AppendNotifier::sequencing_at_commit`]) and need no poke.
 //! * [`PositionWaiter`]: a command waits, bounded, until its last event has
 //!   a position. The sequencer's `tandem_sequenced` notifications list the
 //!   events it numbered; one listener reads each once and wakes exactly the
@@ -15,7 +17,7 @@
 //!   nothing came for a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::notifications::{Notice, Notifications};
+use crate::sequencer::Step;
 
 pub const APPENDED_CHANNEL: &str = "tandem_appended";
 pub const SEQUENCED_CHANNEL: &str = "tandem_sequenced";
@@ -50,10 +53,13 @@ pub struct LocalSequencer {
     /// Notified after every step that numbered events: an in-process relay
     /// wakes on it without waiting for the NOTIFY to come round.
     pub sequenced: Arc<Notify>,
-    /// The log's last position as of the leading sequencer's last step
+    /// The log's last position as of the latest step this process saw
     /// (stored before `sequenced` is notified); [`UNKNOWN_HEAD`] while it
     /// does not lead or has not stepped yet.
     pub head: Arc<AtomicI64>,
+    /// Events per step of the leading sequencer, also the most an append
+    /// sequences at commit.
+    pub step_size: Arc<AtomicI32>,
 }
 
 /// Resolves when `notify` is notified; never without one (a role that runs
@@ -75,6 +81,7 @@ impl Default for LocalSequencer {
             leading: Arc::default(),
             sequenced: Arc::default(),
             head: Arc::new(AtomicI64::new(UNKNOWN_HEAD)),
+            step_size: Arc::new(AtomicI32::new(1)),
         }
     }
 }
@@ -88,6 +95,33 @@ impl LocalSequencer {
         }
         let head = self.head.load(Ordering::Acquire);
         (head != UNKNOWN_HEAD).then_some(head)
+    }
+
+    /// The step size when this process's sequencer leads: then its appends
+    /// sequence at commit (`tandem_append_sequenced`).
+    pub fn leading_step_size(&self) -> Option<i32> {
+        self.leading
+            .load(Ordering::Acquire)
+            .then(|| self.step_size.load(Ordering::Acquire))
+    }
+
+    /// A step of this process numbered events up to `last_position`: the
+    /// sequencer's, or an append's at commit. The head only moves forward,
+    /// as two steps may report out of their commit order; then the
+    /// in-process relay is woken.
+    pub fn advance(&self, last_position: i64) {
+        self.raise_head(last_position);
+        self.sequenced.notify_one();
+    }
+
+    /// Records the head a step found, without waking anyone (it numbered
+    /// nothing).
+    pub fn raise_head(&self, last_position: i64) {
+        let _ = self
+            .head
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |head| {
+                (head == UNKNOWN_HEAD || head < last_position).then_some(last_position)
+            });
     }
 }
 
@@ -130,6 +164,22 @@ impl AppendNotifier {
     /// For an in-process sequencer: woken directly on every append.
     pub fn local(&self) -> LocalSequencer {
         self.local.clone()
+    }
+
+    /// The step size if this process's sequencer leads, when an append
+    /// should sequence at commit instead of poking.
+    pub fn sequencing_at_commit(&self) -> Option<i32> {
+        self.local.leading_step_size()
+    }
+
+    /// An append sequenced at commit with `step`. Only a step that filled
+    /// up leaves events behind (a backlog older than the batch), and those
+    /// are the sequencer's.
+    pub fn sequenced_at_commit(&self, step: Step, step_size: i32) {
+        self.local.advance(step.last_position);
+        if step.assigned >= i64::from(step_size) {
+            self.local.wake.notify_one();
+        }
     }
 }
 

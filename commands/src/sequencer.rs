@@ -16,7 +16,10 @@
 //!   sorts after it.
 //!
 //! Only the holder of a session advisory lock sequences (the others stand
-//! by); the row lock makes even a split-brain leader harmless. It wakes on
+//! by); the row lock makes even a split-brain leader harmless. While it
+//! leads, its own process's appends run the same step inside their
+//! transaction (`tandem_append_sequenced`, see the event store), so most
+//! of the leader's steps find the queue empty. It wakes on
 //! `NOTIFY tandem_appended` (through the process's shared listener when it
 //! runs in the stack) and polls as a fallback.
 
@@ -79,6 +82,9 @@ impl Sequencer {
     }
 
     pub fn with_local(mut self, local: LocalSequencer) -> Self {
+        local
+            .step_size
+            .store(self.config.batch_size, Ordering::Release);
         self.local = Some(local);
         self
     }
@@ -140,15 +146,15 @@ impl Sequencer {
         self.set_leading(true);
         loop {
             let step = Self::step(&mut conn, self.config.batch_size).await?;
-            if let Some(local) = &self.local {
-                local.head.store(step.last_position, Ordering::Release);
-            }
             if step.assigned > 0 {
                 tracing::trace!(?step, "sequenced");
-                metrics::counter!("tandem_sequenced_events_total").increment(step.assigned as u64);
-                metrics::gauge!("tandem_log_head_position").set(step.last_position as f64);
-                if let Some(local) = &self.local {
-                    local.sequenced.notify_one();
+                record_step(step);
+            }
+            if let Some(local) = &self.local {
+                if step.assigned > 0 {
+                    local.advance(step.last_position);
+                } else {
+                    local.raise_head(step.last_position);
                 }
             }
             if step.assigned >= i64::from(self.config.batch_size) {
@@ -163,6 +169,13 @@ impl Sequencer {
             }
         }
     }
+}
+
+/// Counts a step that numbered events, the sequencer's or an append's at
+/// commit.
+pub fn record_step(step: Step) {
+    metrics::counter!("tandem_sequenced_events_total").increment(step.assigned as u64);
+    metrics::gauge!("tandem_log_head_position").set(step.last_position as f64);
 }
 
 /// Whether an advisory-locked leader currently exists (for `/readyz`).

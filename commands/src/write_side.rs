@@ -59,11 +59,11 @@ impl WriteSide {
         config: &WriteSideConfig,
         shared: Option<&Notifications>,
     ) -> Result<Self, sqlx::Error> {
-        let events = BatchedEventStore::new(&pool);
-        let directory = Arc::new(EventStoreDirectory::new(pool.clone(), &events));
         let notifier = AppendNotifier::spawn(pool.clone());
+        let events = BatchedEventStore::new(&pool, notifier.clone());
+        let directory = Arc::new(EventStoreDirectory::new(pool.clone(), &events));
         let positions = PositionWaiter::spawn(pool.clone(), config.position_wait, shared).await?;
-        let bus = CommandBus::new(&events, directory.clone(), notifier.clone(), positions);
+        let bus = CommandBus::new(&events, directory.clone(), positions);
         let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_duty_percent);
         Ok(Self {
             accounts: Accounts::new(pool.clone(), bus.clone(), hasher),

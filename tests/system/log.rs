@@ -45,6 +45,36 @@ async fn position_of(pool: &PgPool, aggregate: &str, sequence: i64) -> Option<i6
     .unwrap()
 }
 
+/// Appends `sequences` of `aggregate` in one call of the statement a
+/// leading process's group commit uses: inserted and sequenced in one
+/// transaction, with a step of at most `step_size`.
+async fn append_sequenced(
+    conn: &mut PgConnection,
+    aggregate: &str,
+    sequences: &[i64],
+    step_size: i32,
+) -> (i64, i64) {
+    let n = sequences.len();
+    let payloads: Vec<serde_json::Value> = sequences
+        .iter()
+        .map(|s| json!({"type": "Probed", "n": s}))
+        .collect();
+    sqlx::query_as(
+        "SELECT assigned, last_position FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(vec!["Probe"; n])
+    .bind(vec![aggregate; n])
+    .bind(sequences)
+    .bind(vec!["Probed"; n])
+    .bind(vec!["1"; n])
+    .bind(payloads)
+    .bind(vec![json!({}); n])
+    .bind(step_size)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
 /// Positions are exactly 1..=n, each event appears once, and every
 /// committed event has one.
 async fn assert_gapless(pool: &PgPool) -> i64 {
@@ -145,11 +175,17 @@ async fn ten_thousand_concurrent_appends_from_sixteen_writers_get_positions_one_
     wait_until_sequenced(&app.pool, EVENTS as i64).await;
     assert_eq!(assert_gapless(&app.pool).await, EVENTS as i64);
 
+    assert_eq!(assert_aggregate_order(&app.pool).await, WRITERS * 3);
+}
+
+/// Every aggregate's events have increasing positions in sequence order,
+/// its sequences 1, 2, 3, ...; returns how many aggregates there are.
+async fn assert_aggregate_order(pool: &PgPool) -> usize {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT e.aggregate_id, e.sequence, l.position
            FROM event_log l JOIN events e ON e.global_id = l.global_id ORDER BY l.position",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let mut last_seq: HashMap<String, i64> = HashMap::new();
@@ -161,7 +197,7 @@ async fn ten_thousand_concurrent_appends_from_sixteen_writers_get_positions_one_
             "{aggregate} out of order at position {position}"
         );
     }
-    assert_eq!(last_seq.len(), WRITERS * 3);
+    last_seq.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -213,6 +249,80 @@ async fn two_sequencers_at_once_never_both_assign() {
         r.await.unwrap();
     }
     assert_eq!(assert_gapless(&app.pool).await, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_sequenced_at_commit_keep_the_log_gapless_beside_late_commits_plain_appends_and_rival_steps(
+) {
+    const WRITERS: usize = 4;
+    const CALLS: i64 = 60;
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let mut held = PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut held).await.unwrap();
+    append(&mut held, "held", 1).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let rivals: Vec<_> = (0..2)
+        .map(|_| {
+            let url = app.db_url.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                while !stop.is_cancelled() {
+                    Sequencer::step(&mut conn, 3).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let plain = {
+        let url = app.db_url.clone();
+        tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            for i in 1..=100 {
+                append(&mut conn, "plain", i).await.unwrap();
+            }
+        })
+    };
+    // Each call writes two events of one aggregate; a step of 5 is often
+    // smaller than what is queued, and leaves the rest to the rivals.
+    let writers = (0..WRITERS).map(|w| {
+        let url = app.db_url.clone();
+        tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let aggregate = format!("fused{w}");
+            let mut highest = 0;
+            for call in 0..CALLS {
+                let (assigned, last) =
+                    append_sequenced(&mut conn, &aggregate, &[2 * call + 1, 2 * call + 2], 5).await;
+                assert!((1..=5).contains(&assigned), "its own events are queued");
+                highest = highest.max(last);
+            }
+            highest
+        })
+    });
+    let highest = join_all(writers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .max()
+        .unwrap();
+    plain.await.unwrap();
+    assert_eq!(position_of(&app.pool, "held", 1).await, None);
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    let total = 1 + 100 + WRITERS as i64 * CALLS * 2;
+    wait_until_sequenced(&app.pool, total).await;
+    stop.cancel();
+    for r in rivals {
+        r.await.unwrap();
+    }
+    assert_eq!(assert_gapless(&app.pool).await, total);
+    assert_eq!(assert_aggregate_order(&app.pool).await, WRITERS + 2);
+    let late = position_of(&app.pool, "held", 1).await.unwrap();
+    assert!(
+        late > highest,
+        "the late commit ({late}) follows every step before it ({highest})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

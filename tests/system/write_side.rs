@@ -319,6 +319,7 @@ async fn a_lost_race_in_a_group_commit_fails_only_its_own_command() {
 async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
     use cqrs_es::persist::PersistedEventRepository;
     use tandem_commands::event_store::BatchedEventStore;
+    use tandem_commands::positions::AppendNotifier;
 
     let app = spawn_app().await;
     let write = write_side(&app).await;
@@ -331,7 +332,7 @@ async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
             .await
             .unwrap();
     }
-    let store = BatchedEventStore::new(&app.pool);
+    let store = BatchedEventStore::new(&app.pool, AppendNotifier::spawn(app.pool.clone()));
     let id = project.to_string();
     // Enough at once that many share a batch, with other streams between.
     let loads = (0..64).map(|n| {
@@ -357,4 +358,89 @@ async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
         };
         assert_eq!(sequences, expected, "load {n}");
     }
+}
+
+/// The position the log gave event `sequence` of `aggregate`, if any.
+async fn logged_position(app: &TestApp, aggregate: &str, sequence: i64) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
+          WHERE e.aggregate_id = $1 AND e.sequence = $2",
+    )
+    .bind(aggregate)
+    .bind(sequence)
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit() {
+    use std::sync::atomic::Ordering;
+    // No sequencer runs anywhere: only the append's transaction can number
+    // its events.
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let write = write_side(&app).await;
+    let local = write.local_sequencer();
+    local.step_size.store(100, Ordering::Release);
+    local.leading.store(true, Ordering::Release);
+    let owner = UserId::generate();
+    let project = new_project(&write, owner).await;
+    let id = project.to_string();
+    let at_commit = logged_position(&app, &id, 1).await;
+    assert!(at_commit.is_some(), "sequenced when the command returned");
+    assert_eq!(local.known_head(), at_commit);
+
+    // Leading no more: a plain append, left for a sequencer.
+    local.leading.store(false, Ordering::Release);
+    let committed = write
+        .bus
+        .execute::<Project>(&id, rename(owner, 1), &ctx(owner), None)
+        .await
+        .unwrap();
+    assert_eq!(committed.position, None);
+    assert_eq!(logged_position(&app, &id, 2).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_at_commit_that_fills_up_leaves_the_rest_to_the_woken_sequencer() {
+    use tandem_commands::sequencer::{Sequencer, SequencerConfig};
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let write = write_side(&app).await;
+    let local = write.local_sequencer();
+    // Steps of 3, and no polling to speak of: the sequencer steps again
+    // only when woken.
+    let config = SequencerConfig {
+        batch_size: 3,
+        poll_interval: Duration::from_secs(3600),
+        ..SequencerConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sequencer = Sequencer::new(app.pool.clone(), config).with_local(local.clone());
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { sequencer.run(stop.cancelled()).await }
+    });
+    eventually(Duration::from_secs(10), || async { local.known_head() }).await;
+    // A backlog nobody announced: committed, queued, but no NOTIFY.
+    for n in 1..=7 {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('Probe', 'backlog', $1, 'Probed', '1', '{}', '{}')",
+        )
+        .bind(n)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let owner = UserId::generate();
+    let project = new_project(&write, owner).await;
+    // Its step of 3 took the backlog's oldest; the rest, its own event
+    // among them, came from the sequencer it woke.
+    let position = logged_position(&app, &project.to_string(), 1)
+        .await
+        .expect("sequenced within the wait");
+    assert_eq!(position, 8);
+    assert_eq!(logged_position(&app, "backlog", 7).await, Some(7));
+    stop.cancel();
+    task.await.unwrap();
 }
