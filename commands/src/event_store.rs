@@ -38,6 +38,7 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
@@ -141,8 +142,8 @@ impl BatchedEventStore {
     /// Starts the batchers on the current runtime; every committed append
     /// is sequenced at commit or announced through `notifier`.
     pub fn new(pool: &PgPool, notifier: AppendNotifier) -> Self {
-        let appending = pool.clone();
-        let loading = pool.clone();
+        let appending = own_connections(pool, APPEND_LIMITS);
+        let loading = own_connections(pool, LOAD_LIMITS);
         Self {
             postgres: Arc::new(PostgresEventRepository::new(pool.clone())),
             appends: Batcher::spawn(
@@ -157,6 +158,20 @@ impl BatchedEventStore {
             ),
         }
     }
+}
+
+/// A pool of its own for a batcher, as many connections as it has batches
+/// in flight, configured as `shared`. The batchers' statements then stay
+/// prepared, planned and (PL/pgSQL) compiled on the same backend, instead
+/// of being planned again, five custom plans each, on every connection of
+/// the shared pool. `bench commands`, alternating: 9,910 and 10,264
+/// commands/s with these, 7,191 and 7,505 without.
+fn own_connections(shared: &PgPool, limits: BatchLimits) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(limits.parallel as u32)
+        .acquire_timeout(shared.options().get_acquire_timeout())
+        .test_before_acquire(false)
+        .connect_lazy_with((*shared.connect_options()).clone())
 }
 
 fn gone() -> PersistenceError {
