@@ -41,7 +41,8 @@ pub struct CommandsArgs {
     /// Keep the bench database afterwards, to look at what the run wrote.
     #[arg(long)]
     pub keep: bool,
-    /// Postgres connections of the stack (default: concurrency + 16).
+    /// Postgres connections of the stack's pool (default: concurrency +
+    /// 16); the event store keeps two more of its own.
     #[arg(long)]
     pub pool_size: Option<u32>,
     /// The pgbench program.
@@ -316,7 +317,7 @@ fn print_commands_summary(
     println!();
     println!("tandem bench commands");
     println!(
-        "  setup        {} users over HTTP, in-process stack (sequencer on, {pool_size} Postgres connections), database {}",
+        "  setup        {} users over HTTP, in-process stack (sequencer on, a pool of {pool_size} Postgres connections and the event store's 2), database {}",
         args.concurrency, args.database
     );
     println!(
