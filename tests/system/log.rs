@@ -10,6 +10,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection, PgPool};
 use tandem::stack::spawn_sequencer;
 use tandem_commands::sequencer::{Sequencer, SequencerConfig};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,16 +34,22 @@ async fn append(
     Ok(())
 }
 
-async fn position_of(pool: &PgPool, aggregate: &str, sequence: i64) -> Option<i64> {
-    sqlx::query_scalar(
-        "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
-          WHERE e.aggregate_id = $1 AND e.sequence = $2",
-    )
-    .bind(aggregate)
-    .bind(sequence)
-    .fetch_optional(pool)
-    .await
-    .unwrap()
+/// Sequencing steps of `size` forced in a loop from two connections until
+/// `stop`, as if two more leaders believed they held the lock.
+fn rival_steps(app: &TestApp, size: i32, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+    (0..2)
+        .map(|_| {
+            let url = app.db_url.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut conn = PgConnection::connect(&url).await.unwrap();
+                while !stop.is_cancelled() {
+                    Sequencer::step(&mut conn, size).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect()
 }
 
 /// Appends `sequences` of `aggregate` in one call of the statement a
@@ -211,20 +218,8 @@ async fn two_sequencers_at_once_never_both_assign() {
     };
     let first = spawn_sequencer(app.pool.clone(), config.clone(), stop.clone());
     let second = spawn_sequencer(app.pool.clone(), config, stop.clone());
-    // And a split brain: steps forced from two more connections, as if two
-    // leaders believed they held the lock.
-    let rogue = (0..2).map(|_| {
-        let url = app.db_url.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut conn = PgConnection::connect(&url).await.unwrap();
-            while !stop.is_cancelled() {
-                Sequencer::step(&mut conn, 3).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    });
-    let rogue: Vec<_> = rogue.collect();
+    // And a split brain.
+    let rogue = rival_steps(&app, 3, &stop);
     let mut conn = PgConnection::connect(&app.db_url).await.unwrap();
     for i in 1..=500 {
         append(&mut conn, &format!("agg{}", i % 7), i / 7 + 1)
@@ -262,19 +257,7 @@ async fn appends_sequenced_at_commit_keep_the_log_gapless_beside_late_commits_pl
     append(&mut held, "held", 1).await.unwrap();
 
     let stop = CancellationToken::new();
-    let rivals: Vec<_> = (0..2)
-        .map(|_| {
-            let url = app.db_url.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut conn = PgConnection::connect(&url).await.unwrap();
-                while !stop.is_cancelled() {
-                    Sequencer::step(&mut conn, 3).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-        })
-        .collect();
+    let rivals = rival_steps(&app, 3, &stop);
     let plain = {
         let url = app.db_url.clone();
         tokio::spawn(async move {

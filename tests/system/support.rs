@@ -618,6 +618,19 @@ impl TestApp {
     }
 }
 
+/// The log position of event `sequence` of `aggregate`, if it has one.
+pub async fn position_of(pool: &PgPool, aggregate: &str, sequence: i64) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
+          WHERE e.aggregate_id = $1 AND e.sequence = $2",
+    )
+    .bind(aggregate)
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
 pub async fn body(r: Response) -> Value {
     let text = r.text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))

@@ -360,19 +360,6 @@ async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
     }
 }
 
-/// The position the log gave event `sequence` of `aggregate`, if any.
-async fn logged_position(app: &TestApp, aggregate: &str, sequence: i64) -> Option<i64> {
-    sqlx::query_scalar(
-        "SELECT l.position FROM events e JOIN event_log l ON l.global_id = e.global_id
-          WHERE e.aggregate_id = $1 AND e.sequence = $2",
-    )
-    .bind(aggregate)
-    .bind(sequence)
-    .fetch_optional(&app.pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit() {
     use std::sync::atomic::Ordering;
@@ -386,7 +373,7 @@ async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit(
     let owner = UserId::generate();
     let project = new_project(&write, owner).await;
     let id = project.to_string();
-    let at_commit = logged_position(&app, &id, 1).await;
+    let at_commit = position_of(&app.pool, &id, 1).await;
     assert!(at_commit.is_some(), "sequenced when the command returned");
     assert_eq!(local.known_head(), at_commit);
 
@@ -398,7 +385,7 @@ async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit(
         .await
         .unwrap();
     assert_eq!(committed.position, None);
-    assert_eq!(logged_position(&app, &id, 2).await, None);
+    assert_eq!(position_of(&app.pool, &id, 2).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,11 +423,11 @@ async fn a_step_at_commit_that_fills_up_leaves_the_rest_to_the_woken_sequencer()
     let project = new_project(&write, owner).await;
     // Its step of 3 took the backlog's oldest; the rest, its own event
     // among them, came from the sequencer it woke.
-    let position = logged_position(&app, &project.to_string(), 1)
+    let position = position_of(&app.pool, &project.to_string(), 1)
         .await
         .expect("sequenced within the wait");
     assert_eq!(position, 8);
-    assert_eq!(logged_position(&app, "backlog", 7).await, Some(7));
+    assert_eq!(position_of(&app.pool, "backlog", 7).await, Some(7));
     stop.cancel();
     task.await.unwrap();
 }
