@@ -194,8 +194,9 @@ fn persistence_error(e: Arc<sqlx::Error>) -> PersistenceError {
     }
 }
 
-/// Appends `events` in one statement: sequenced at commit with a step of
-/// at most `step_size` when given, then with the step's result.
+/// Appends `events` in one statement. Given a `step_size`, the statement
+/// also runs a sequencing step of at most that many events, and its result
+/// is returned.
 async fn insert<'a>(
     pool: &PgPool,
     events: impl Iterator<Item = &'a SerializedEvent> + Clone,
