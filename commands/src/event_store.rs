@@ -60,6 +60,9 @@ const LOAD_LIMITS: BatchLimits = BatchLimits {
     max_weight: 128,
 };
 
+/// `tandem_append_sequenced` (migration `sequence_at_commit`) runs this
+/// same statement before its step: a change here belongs there too, in a
+/// new migration.
 const INSERT: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
 SELECT t, i, s, et, ev, p, m
