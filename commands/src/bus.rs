@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use tandem_domain::file::File;
+use tandem_domain::file::{File, FileCommand};
 use tandem_domain::job::Job;
 use tandem_domain::project::Project;
 use tandem_domain::services::Directory;
@@ -21,6 +21,7 @@ use tandem_domain::session::Session;
 use tandem_domain::user::User;
 use tandem_domain::{ProjectScoped, UserId};
 
+use crate::directory::{EventStoreDirectory, Prefetched};
 use crate::event_store::BatchedEventStore;
 use crate::positions::PositionWaiter;
 
@@ -124,14 +125,25 @@ impl<E: StdError> CommandError<E> {
 /// it gets.
 pub trait Handled: Aggregate + ProjectScoped + Clone + 'static {
     fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services);
+
+    /// Services of `command`'s own for its first decision, which have
+    /// started reading what it will ask, to overlap the aggregate's own
+    /// load; `None`: the shared ones.
+    fn prefetch(_bus: &CommandBus, _command: &Self::Command) -> Option<Self::Services> {
+        None
+    }
 }
 
 macro_rules! handled {
     ($aggregate:ty, $store:ident, $services:ident) => {
+        handled!($aggregate, $store, $services, {});
+    };
+    ($aggregate:ty, $store:ident, $services:ident, { $($more:item)* }) => {
         impl Handled for $aggregate {
             fn parts(bus: &CommandBus) -> (&PgStore<Self>, &Self::Services) {
                 (&bus.inner.$store, &bus.inner.$services)
             }
+            $($more)*
         }
     };
 }
@@ -139,7 +151,15 @@ macro_rules! handled {
 handled!(User, users, unit);
 handled!(Session, sessions, unit);
 handled!(Project, projects, unit);
-handled!(File, files, directory);
+handled!(File, files, directory, {
+    fn prefetch(bus: &CommandBus, command: &FileCommand) -> Option<Directory> {
+        let workspace = command.workspace_id();
+        Some(Arc::new(Prefetched::start(
+            &bus.inner.event_directory,
+            workspace,
+        )))
+    }
+});
 handled!(Job, jobs, directory);
 
 struct Inner {
@@ -150,6 +170,8 @@ struct Inner {
     jobs: PgStore<Job>,
     unit: (),
     directory: Directory,
+    /// `directory`, as the type it is.
+    event_directory: Arc<EventStoreDirectory>,
     positions: PositionWaiter,
 }
 
@@ -166,7 +188,7 @@ fn store<A: Aggregate>(events: &BatchedEventStore) -> PgStore<A> {
 impl CommandBus {
     pub fn new(
         events: &BatchedEventStore,
-        directory: Directory,
+        directory: Arc<EventStoreDirectory>,
         positions: PositionWaiter,
     ) -> Self {
         Self {
@@ -177,7 +199,8 @@ impl CommandBus {
                 files: store(events),
                 jobs: store(events),
                 unit: (),
-                directory,
+                directory: directory.clone(),
+                event_directory: directory,
                 positions,
             }),
         }
@@ -264,7 +287,9 @@ impl CommandBus {
         A: Handled,
         A::Command: Clone,
     {
-        let (store, services) = A::parts(self);
+        let (store, shared) = A::parts(self);
+        // Retries decide on what they read themselves, after the loss.
+        let prefetched = A::prefetch(self, &command);
         let mut attempt = 0;
         let mut subscription = None;
         let (version, appended, state) = loop {
@@ -282,6 +307,10 @@ impl CommandBus {
                     .map_err(CommandError::from_store)?
             };
             let current = context.current_sequence as u64;
+            let services = match &prefetched {
+                Some(own) if attempt == 0 => own,
+                _ => shared,
+            };
             let sink = EventSink::default();
             // The aggregate decides first: someone who may not see it must
             // learn nothing from a version mismatch (not even existence).

@@ -73,7 +73,7 @@ SELECT t, i, s, et, ev, p, m
 /// [`INSERT`] and a sequencing step, in one transaction (the migration
 /// `sequence_at_commit` says why that is safe).
 const INSERT_SEQUENCED: &str = "
-SELECT assigned, last_position FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)";
+SELECT assigned, last_position, listing FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Larger batches: one index range per stream. The correlated subquery
 /// keeps it so: as a plain join, a cached generic plan (it guesses 100
@@ -197,6 +197,10 @@ fn persistence_error(e: Arc<sqlx::Error>) -> PersistenceError {
     }
 }
 
+/// What a sequencing step at commit did: the step, and its listing of the
+/// events it numbered (its `tandem_sequenced` payloads).
+type SequencedAtCommit = (Step, Vec<String>);
+
 /// Appends `events` in one statement. Given a `step_size`, the statement
 /// also runs a sequencing step of at most that many events, and its result
 /// is returned.
@@ -204,19 +208,21 @@ async fn insert<'a>(
     pool: &PgPool,
     events: impl Iterator<Item = &'a SerializedEvent> + Clone,
     step_size: Option<i32>,
-) -> Result<Option<Step>, PersistenceError> {
+) -> Result<Option<SequencedAtCommit>, PersistenceError> {
     let column = |f: fn(&'a SerializedEvent) -> &'a str| events.clone().map(f).collect::<Vec<_>>();
     let sequences: Vec<i64> = events.clone().map(|e| e.sequence as i64).collect();
     let payloads: Vec<&Value> = events.clone().map(|e| &e.payload).collect();
     let metadata: Vec<&Value> = events.clone().map(|e| &e.metadata).collect();
-    let query = sqlx::query_as::<_, (i64, i64)>(step_size.map_or(INSERT, |_| INSERT_SEQUENCED))
-        .bind(column(|e| &e.aggregate_type))
-        .bind(column(|e| &e.aggregate_id))
-        .bind(sequences)
-        .bind(column(|e| &e.event_type))
-        .bind(column(|e| &e.event_version))
-        .bind(payloads)
-        .bind(metadata);
+    let query = sqlx::query_as::<_, (i64, i64, Vec<String>)>(
+        step_size.map_or(INSERT, |_| INSERT_SEQUENCED),
+    )
+    .bind(column(|e| &e.aggregate_type))
+    .bind(column(|e| &e.aggregate_id))
+    .bind(sequences)
+    .bind(column(|e| &e.event_type))
+    .bind(column(|e| &e.event_version))
+    .bind(payloads)
+    .bind(metadata);
     let query = match step_size {
         Some(size) => query.bind(size),
         None => query,
@@ -225,9 +231,12 @@ async fn insert<'a>(
         .fetch_optional(pool)
         .await
         .map_err(|e| persistence_error(Arc::new(e)))?;
-    Ok(step.map(|(assigned, last_position)| Step {
-        assigned,
-        last_position,
+    Ok(step.map(|(assigned, last_position, listing)| {
+        let step = Step {
+            assigned,
+            last_position,
+        };
+        (step, listing)
     }))
 }
 
@@ -240,9 +249,9 @@ async fn append(
     // Read per batch: leadership can change between two.
     let step_size = notifier.sequencing_at_commit();
     match (insert(pool, events, step_size).await?, step_size) {
-        (Some(step), Some(size)) => {
+        (Some((step, listing)), Some(size)) => {
             record_step(step);
-            notifier.sequenced_at_commit(step, size);
+            notifier.sequenced_at_commit(step, size, &listing);
         }
         _ => notifier.poke(),
     }

@@ -40,6 +40,9 @@ pub struct AppendNotifier {
     pending: Arc<AtomicBool>,
     wake: Arc<Notify>,
     local: LocalSequencer,
+    /// This process's commands waiting for positions, shared with its
+    /// [`PositionWaiter`]: an append sequenced at commit tells them itself.
+    waiting: Arc<Waiting>,
 }
 
 /// The link between this process's appends and its own sequencer.
@@ -132,6 +135,7 @@ impl AppendNotifier {
             pending: Arc::new(AtomicBool::new(false)),
             wake: Arc::new(Notify::new()),
             local: LocalSequencer::default(),
+            waiting: Arc::default(),
         };
         let task = notifier.clone();
         tokio::spawn(async move {
@@ -172,10 +176,15 @@ impl AppendNotifier {
         self.local.leading_step_size()
     }
 
-    /// An append sequenced at commit with `step`. Only a step that filled
-    /// up leaves events behind (a backlog older than the batch), and those
-    /// are the sequencer's.
-    pub fn sequenced_at_commit(&self, step: Step, step_size: i32) {
+    /// An append sequenced at commit with `step`, which numbered the
+    /// events `listing` names (its notifications' payloads): their waiters
+    /// hear it now, not when the NOTIFY comes round. Only a step that
+    /// filled up leaves events behind (a backlog older than the batch), and
+    /// those are the sequencer's.
+    pub fn sequenced_at_commit(&self, step: Step, step_size: i32, listing: &[String]) {
+        for payload in listing {
+            self.waiting.hear(payload);
+        }
         self.local.advance(step.last_position);
         if step.assigned >= i64::from(step_size) {
             self.local.wake.notify_one();
@@ -264,6 +273,14 @@ struct Waiting(Mutex<HashMap<String, Vec<Waiter>>>);
 type Waiter = (u64, oneshot::Sender<Heard>);
 
 impl Waiting {
+    /// Delivers a `tandem_sequenced` payload.
+    fn hear(&self, payload: &str) {
+        match Sequenced::parse(payload) {
+            Some(batch) => self.deliver(&batch),
+            None => tracing::warn!(payload, "unreadable notification"),
+        }
+    }
+
     fn register(&self, aggregate_id: &str, sequence: u64) -> oneshot::Receiver<Heard> {
         let (tx, rx) = oneshot::channel();
         let mut map = self.0.lock().expect("waiters poisoned");
@@ -342,22 +359,21 @@ pub struct PositionWaiter {
 impl PositionWaiter {
     /// Spawns the task that hears `tandem_sequenced`, through the
     /// process's shared listener when given, else a connection of its own.
-    /// `timeout` bounds every wait.
+    /// `timeout` bounds every wait. `appends` tells the same waiters of
+    /// events it sequenced at commit.
     pub async fn spawn(
         pool: PgPool,
         timeout: Duration,
         shared: Option<&Notifications>,
+        appends: &AppendNotifier,
     ) -> Result<Self, sqlx::Error> {
         let mut heard = Notifications::subscribe_to(shared, &pool, SEQUENCED_CHANNEL).await?;
-        let waiting = Arc::new(Waiting::default());
+        let waiting = appends.waiting.clone();
         let delivering = waiting.clone();
         tokio::spawn(async move {
             loop {
                 match heard.recv().await {
-                    Notice::Payload(payload) => match Sequenced::parse(&payload) {
-                        Some(batch) => delivering.deliver(&batch),
-                        None => tracing::warn!(payload = &*payload, "unreadable notification"),
-                    },
+                    Notice::Payload(payload) => delivering.hear(&payload),
                     // Some may have gone by: everyone waiting looks.
                     Notice::Missed => delivering.deliver(&Sequenced::unlisted()),
                 }

@@ -62,7 +62,8 @@ impl WriteSide {
         let notifier = AppendNotifier::spawn(pool.clone());
         let events = BatchedEventStore::new(&pool, notifier.clone());
         let directory = Arc::new(EventStoreDirectory::new(pool.clone(), &events));
-        let positions = PositionWaiter::spawn(pool.clone(), config.position_wait, shared).await?;
+        let positions =
+            PositionWaiter::spawn(pool.clone(), config.position_wait, shared, &notifier).await?;
         let bus = CommandBus::new(&events, directory.clone(), positions);
         let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_duty_percent);
         Ok(Self {

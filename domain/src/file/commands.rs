@@ -19,3 +19,12 @@ pub enum FileCommand {
         base_version: Option<u64>,
     },
 }
+
+impl FileCommand {
+    /// The workspace whose project decides who may run this command.
+    pub fn workspace_id(&self) -> WorkspaceId {
+        match self {
+            Self::Save { workspace_id, .. } | Self::Delete { workspace_id, .. } => *workspace_id,
+        }
+    }
+}
