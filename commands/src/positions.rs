@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -427,7 +428,18 @@ impl PositionWaiter {
         let deadline = Instant::now() + self.timeout;
         let id = subscription.aggregate_id.clone();
         let sequence = subscription.sequence;
-        if recorded_earlier {
+        // Told already (the append sequenced it at commit): no wait, however
+        // short the bound. Told to look: listen again, and look.
+        let mut look_first = recorded_earlier;
+        match subscription.heard.try_recv() {
+            Ok(Heard::At(position)) => return Ok(Some(position)),
+            Err(TryRecvError::Empty) => {}
+            Ok(Heard::AskDatabase) | Err(TryRecvError::Closed) => {
+                subscription = self.subscribe(&id, sequence);
+                look_first = true;
+            }
+        }
+        if look_first {
             if let Some(position) = self.lookup(aggregate_type, &id, sequence).await? {
                 return Ok(Some(position));
             }

@@ -388,6 +388,69 @@ async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit(
     assert_eq!(position_of(&app.pool, &id, 2).await, None);
 }
 
+/// The append that sequenced its events at commit tells the waiting
+/// command itself: no notification is needed, and none can arrive here
+/// (the listener listens to another database, and there is no time to
+/// wait for one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_sequenced_at_commit_answers_with_its_position_without_waiting() {
+    use std::sync::atomic::Ordering;
+    use tandem_commands::notifications::Notifications;
+    use tandem_commands::positions::SEQUENCED_CHANNEL;
+
+    let app = spawn_app_with(|o| o.sequencer = false).await;
+    let elsewhere = pool(&fresh_database().await, 2).await;
+    let deaf = Notifications::listen(&elsewhere, &[SEQUENCED_CHANNEL])
+        .await
+        .unwrap();
+    let config = WriteSideConfig {
+        position_wait: Duration::ZERO,
+        ..WriteSideConfig::default()
+    };
+    let write = WriteSide::start(app.pool.clone(), &config, Some(&deaf))
+        .await
+        .unwrap();
+    let local = write.local_sequencer();
+    local.step_size.store(100, Ordering::Release);
+    local.leading.store(true, Ordering::Release);
+    let owner = UserId::generate();
+    let project = ProjectId::generate();
+    let id = project.to_string();
+    let create = ProjectCommand::Create {
+        project_id: project,
+        owner,
+        name: ProjectName::parse("Told").unwrap(),
+        description: Description::default(),
+    };
+    let created = write
+        .bus
+        .execute_new::<Project>(&id, create, &ctx(owner))
+        .await
+        .unwrap();
+    assert!(created.position.is_some());
+    assert_eq!(created.position, position_of(&app.pool, &id, 1).await);
+    // One step numbers several commands' events: each hears its own.
+    let renames = (0..8).map(|n| {
+        let write = write.clone();
+        let id = id.clone();
+        async move {
+            write
+                .bus
+                .execute::<Project>(&id, rename(owner, n), &ctx(owner), None)
+                .await
+                .unwrap()
+        }
+    });
+    for committed in join_all(renames).await {
+        let sequence = committed.version as i64;
+        assert!(committed.position.is_some(), "{committed:?}");
+        assert_eq!(
+            committed.position,
+            position_of(&app.pool, &id, sequence).await
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_at_commit_that_fills_up_leaves_the_rest_to_the_woken_sequencer() {
     use tandem_commands::sequencer::{Sequencer, SequencerConfig};
