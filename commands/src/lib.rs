@@ -34,6 +34,7 @@ pub mod log;
 pub mod notifications;
 pub mod passwords;
 pub mod positions;
+pub mod preemption;
 pub mod relay;
 pub mod sequencer;
 pub mod sessions;

@@ -1,6 +1,7 @@
 //! Argon2id password hashing (OWASP parameters: m = 19456 KiB, t = 2,
 //! p = 1), off the async runtime on a small pool of dedicated threads that
-//! run under the idle scheduling policy and a duty cycle. A login
+//! run under the idle scheduling policy, with preemption points
+//! ([`crate::preemption`]) and a duty cycle. A login
 //! storm then queues for those threads instead of taking cores from other
 //! requests.
 //!
@@ -24,6 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tandem_domain::values::Password;
+
+use crate::preemption::StepAside;
 use thread_priority::ThreadPriority;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -222,6 +225,10 @@ impl PasswordHasher {
 
 fn hash_worker(queue: &Mutex<Receiver<Work>>, duty_percent: u32) {
     lower_priority();
+    let step_aside = StepAside::for_this_thread();
+    if step_aside.is_none() {
+        tracing::warn!("no preemption points for the hashing thread");
+    }
     let mut memory = Memory::new();
     loop {
         // The lock is held only while waiting for the next job.
@@ -229,7 +236,10 @@ fn hash_worker(queue: &Mutex<Receiver<Work>>, duty_percent: u32) {
         match next {
             Ok(Ok(job)) => {
                 let started = std::time::Instant::now();
-                job(&mut memory);
+                match &step_aside {
+                    Some(timer) => timer.during(|| job(&mut memory)),
+                    None => job(&mut memory),
+                }
                 std::thread::sleep(rest_after(started.elapsed(), duty_percent));
             }
             Ok(Err(_)) | Err(_) => return,
@@ -238,8 +248,9 @@ fn hash_worker(queue: &Mutex<Receiver<Work>>, duty_percent: u32) {
 }
 
 /// `SCHED_IDLE`: unlike a mere nice 19, whose thread keeps the core until
-/// its time slice is used up, an idle-policy thread is preempted the
-/// moment any other thread of the machine wakes up on its core.
+/// its time slice is used up, an idle-policy thread gives way to any other
+/// thread that wants its core, as soon as the scheduler looks (which
+/// [`StepAside`] makes often).
 fn lower_priority() {
     use thread_priority::unix::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
