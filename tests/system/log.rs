@@ -335,7 +335,11 @@ async fn an_append_at_commit_numbers_its_own_rows_unqueued_and_nothing_else() {
     assert_eq!(queued_by_this_transaction(&mut conn).await, 1);
     sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
     assert_eq!(position_of(&app.pool, "own", 2).await, Some(2));
-    assert_eq!(position_of(&app.pool, "after", 1).await, None, "left queued");
+    assert_eq!(
+        position_of(&app.pool, "after", 1).await,
+        None,
+        "left queued"
+    );
 
     // Three queued: a step of 3 is full, so the next event of the same
     // aggregate is queued behind them rather than numbered first.
