@@ -60,7 +60,7 @@ const LOAD_LIMITS: BatchLimits = BatchLimits {
     max_weight: 128,
 };
 
-/// `tandem_append_sequenced` (migration `sequence_at_commit`) runs this
+/// `tandem_append_sequenced` (migration `at_commit_numbers_its_own_rows`) runs this
 /// same statement before its step: a change here belongs there too, in a
 /// new migration.
 const INSERT: &str = "

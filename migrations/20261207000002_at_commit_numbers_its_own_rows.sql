@@ -1,4 +1,18 @@
--- An append sequenced at commit numbers its own rows straight from its
+-- Two changes to sequencing at commit (migration sequence_at_commit).
+--
+-- 1. The step returns the listing it notifies.
+--
+-- A command appended and sequenced at commit learned its position from the
+-- step's NOTIFY: after the commit, Postgres signals the listening backend,
+-- which wakes, reads the queue and sends the payload to the process's
+-- listener, which wakes the command. On a busy machine that is two more
+-- processes to schedule on every command's path, for a listing the
+-- appending backend already built. The step now returns it too, so the
+-- appender delivers positions itself the moment its commit is
+-- acknowledged. The NOTIFYs still go out, unchanged, for every other
+-- listener (other processes' waiters, relays).
+--
+-- 2. An append sequenced at commit numbers its own rows straight from its
 -- INSERT, without a round through the queue.
 --
 -- Every appended row used to be queued by the events trigger and then,
@@ -38,9 +52,10 @@ BEGIN
 END
 $$;
 
--- The step of migration step_returns_its_listing, with rows to number
--- beside the queue's: `own_*` (of the calling transaction, never queued).
--- `max_events` caps the rows taken from the queue; NULL takes them all.
+-- The step of migration sequenced_payload, with rows to number beside the
+-- queue's, `own_*` (of the calling transaction, never queued), and the
+-- notified payloads returned as `listing`. `max_events` caps the rows
+-- taken from the queue; NULL takes them all.
 CREATE FUNCTION tandem_sequence_step_with(
     max_events integer, own_global_ids bigint[], own_project_ids uuid[],
     own_aggregate_ids text[], own_sequences bigint[])
@@ -109,16 +124,20 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tandem_sequence_step(max_events integer)
-    RETURNS TABLE (assigned bigint, last_position bigint, listing text[])
+-- The sequencer's step: the queue alone.
+CREATE OR REPLACE FUNCTION tandem_sequence_batch(max_events integer)
+    RETURNS TABLE (assigned bigint, last_position bigint)
 LANGUAGE sql AS $$
-    SELECT s.assigned, s.last_position, s.listing
+    SELECT s.assigned, s.last_position
       FROM tandem_sequence_step_with(max_events, '{}', '{}', '{}', '{}') s
 $$;
 
--- As in migration step_returns_its_listing, numbering its own rows when
--- the queue holds less than a step.
-CREATE OR REPLACE FUNCTION tandem_append_sequenced(
+DROP FUNCTION tandem_append_sequenced(text[], text[], bigint[], text[], text[], jsonb[], jsonb[], integer);
+
+-- As in migration sequence_at_commit (which says why it is safe), with
+-- the step's listing returned, numbering its own rows when the queue holds
+-- less than a step.
+CREATE FUNCTION tandem_append_sequenced(
     types text[], ids text[], sequences bigint[], event_types text[],
     event_versions text[], payloads jsonb[], metadata jsonb[], max_events integer)
     RETURNS TABLE (assigned bigint, last_position bigint, listing text[])
@@ -147,7 +166,8 @@ BEGIN
       INTO own_ids, own_project, own_agg, own_seq
       FROM appended a;
     IF NOT own THEN
-        RETURN QUERY SELECT b.assigned, b.last_position, b.listing FROM tandem_sequence_step(max_events) b;
+        RETURN QUERY SELECT b.assigned, b.last_position, b.listing
+          FROM tandem_sequence_step_with(max_events, '{}', '{}', '{}', '{}') b;
         RETURN;
     END IF;
     PERFORM set_config('tandem.numbering_own_rows', 'off', true);
