@@ -162,8 +162,8 @@ type ProjectRead = tokio::task::JoinHandle<Result<Option<Project>, LookupError>>
 /// The directory as one command about `workspace` sees it: the project
 /// holding the workspace is being read from the moment this is made, so
 /// that read shares a batch with the command's own aggregate load rather
-/// than following it (a file command's two loads in series were about a
-/// millisecond of its time). The read still starts after the command
+/// than following it (in series, they cost a file command a second wait
+/// for a load batch, about half a millisecond under load). The read still starts after the command
 /// arrived, so authorization stays as fresh as the directory's own. The
 /// first question about `workspace` takes that read; any other question
 /// goes to the directory.

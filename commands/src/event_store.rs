@@ -60,9 +60,9 @@ const LOAD_LIMITS: BatchLimits = BatchLimits {
     max_weight: 128,
 };
 
-/// `tandem_append_sequenced` (migration `at_commit_numbers_its_own_rows`) runs this
-/// same statement before its step: a change here belongs there too, in a
-/// new migration.
+/// `tandem_append_sequenced` (migration `at_commit_numbers_its_own_rows`)
+/// runs this same statement before its step: a change here belongs there
+/// too, in a new migration.
 const INSERT: &str = "
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
 SELECT t, i, s, et, ev, p, m

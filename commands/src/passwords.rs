@@ -25,10 +25,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tandem_domain::values::Password;
-
-use crate::preemption::StepAside;
 use thread_priority::ThreadPriority;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::preemption::StepAside;
 
 pub const M_COST_KIB: u32 = 19_456;
 pub const T_COST: u32 = 2;

@@ -341,8 +341,9 @@ async fn an_append_at_commit_numbers_its_own_rows_unqueued_and_nothing_else() {
         "left queued"
     );
 
-    // Three queued: a step of 3 is full, so the next event of the same
-    // aggregate is queued behind them rather than numbered first.
+    // Four queued (`after` and three of `backlog`), more than a step of 3:
+    // the next event of `backlog` is queued behind them, not numbered
+    // ahead of the one the capped step leaves.
     for sequence in 1..=3 {
         append(&mut conn, "backlog", sequence).await.unwrap();
     }
