@@ -4,7 +4,8 @@
 //!
 //! An idle batcher flushes a lone request at once (no timer, no added
 //! latency); under load, the requests that queue up behind the busy slots
-//! become the next batch. Flushes run in tasks of their own: a caller that
+//! become the next batch. Flushes run in the batcher's task (one at a time)
+//! or in tasks of their own (several), never in a caller's: a caller that
 //! goes away mid-flush cannot take other callers' work with it.
 
 use std::future::Future;
@@ -81,6 +82,14 @@ async fn gather<T, F, Fut>(
             }
         }
         let flushing = flush(batch);
+        if limits.parallel <= 1 {
+            // One at a time: flush here, and the next batch is gathered the
+            // moment this one is done, without a task spawned per batch
+            // and a wake-up through the semaphore.
+            flushing.await;
+            drop(slot);
+            continue;
+        }
         tokio::spawn(async move {
             flushing.await;
             drop(slot);
