@@ -54,7 +54,7 @@ fn handler_installed() -> bool {
     static INSTALLED: OnceLock<bool> = OnceLock::new();
     *INSTALLED.get_or_init(|| {
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
-        // value; the handler only touches an atomic and makes one
+        // value; the handler only bumps a thread-local counter and makes one
         // async-signal-safe call; SA_RESTART resumes any system call the
         // signal interrupts.
         unsafe {
