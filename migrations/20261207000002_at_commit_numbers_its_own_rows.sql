@@ -1,4 +1,6 @@
--- Two changes to sequencing at commit (migration sequence_at_commit).
+-- Two changes to sequencing at commit (migration sequence_at_commit), and
+-- the group commit's INSERT in one place (tandem_append), which both the
+-- plain and the sequenced append now run.
 --
 -- 1. The step returns the listing it notifies.
 --
@@ -134,6 +136,22 @@ $$;
 
 DROP FUNCTION tandem_append_sequenced(text[], text[], bigint[], text[], text[], jsonb[], jsonb[], integer);
 
+-- A group commit's INSERT, the one statement both ways of appending run:
+-- the rows in the order given (WITH ORDINALITY), so one command's events
+-- take increasing global_ids; what a step needs of them is returned.
+CREATE FUNCTION tandem_append(
+    types text[], ids text[], sequences bigint[], event_types text[],
+    event_versions text[], payloads jsonb[], metadata jsonb[])
+    RETURNS TABLE (global_id bigint, project_id uuid, aggregate_id text, sequence bigint)
+LANGUAGE sql AS $$
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+    SELECT t, i, s, et, ev, p, m
+      FROM unnest(types, ids, sequences, event_types, event_versions, payloads, metadata)
+           WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n)
+     ORDER BY n
+    RETURNING global_id, project_id, aggregate_id, sequence
+$$;
+
 -- As in migration sequence_at_commit (which says why it is safe), with
 -- the step's listing returned, numbering its own rows when the queue holds
 -- less than a step.
@@ -154,17 +172,9 @@ BEGIN
     IF own THEN
         PERFORM set_config('tandem.numbering_own_rows', 'on', true);
     END IF;
-    WITH appended AS (
-        INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-        SELECT t, i, s, et, ev, p, m
-          FROM unnest(types, ids, sequences, event_types, event_versions, payloads, metadata)
-               WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n)
-         ORDER BY n
-        RETURNING global_id, project_id, aggregate_id, sequence
-    )
     SELECT array_agg(a.global_id), array_agg(a.project_id), array_agg(a.aggregate_id), array_agg(a.sequence)
       INTO own_ids, own_project, own_agg, own_seq
-      FROM appended a;
+      FROM tandem_append(types, ids, sequences, event_types, event_versions, payloads, metadata) a;
     IF NOT own THEN
         RETURN QUERY SELECT b.assigned, b.last_position, b.listing
           FROM tandem_sequence_step_with(max_events, '{}', '{}', '{}', '{}') b;

@@ -60,19 +60,17 @@ const LOAD_LIMITS: BatchLimits = BatchLimits {
     max_weight: 128,
 };
 
-/// `tandem_append_sequenced` (migration `at_commit_numbers_its_own_rows`)
-/// runs this same statement before its step: a change here belongs there
-/// too, in a new migration.
-const INSERT: &str = "
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-SELECT t, i, s, et, ev, p, m
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
-       WITH ORDINALITY AS r(t, i, s, et, ev, p, m, n)
- ORDER BY n";
+/// A plain group commit: `tandem_append` (migration
+/// `at_commit_numbers_its_own_rows`), the `INSERT` that keeps the rows in
+/// the order given. It answers in [`APPEND_SEQUENCED`]'s shape, with no
+/// step taken.
+const APPEND: &str = "
+SELECT 0::bigint, 0::bigint, '{}'::text[]
+  FROM (SELECT count(*) FROM tandem_append($1, $2, $3, $4, $5, $6, $7)) appended";
 
-/// [`INSERT`] and a sequencing step, in one transaction (the migration
-/// `sequence_at_commit` says why that is safe).
-const INSERT_SEQUENCED: &str = "
+/// The same `INSERT` and a sequencing step, in one transaction (the
+/// migration `sequence_at_commit` says why that is safe).
+const APPEND_SEQUENCED: &str = "
 SELECT assigned, last_position, listing FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Larger batches: one index range per stream. The correlated subquery
@@ -214,7 +212,7 @@ async fn insert<'a>(
     let payloads: Vec<&Value> = events.clone().map(|e| &e.payload).collect();
     let metadata: Vec<&Value> = events.clone().map(|e| &e.metadata).collect();
     let query = sqlx::query_as::<_, (i64, i64, Vec<String>)>(
-        step_size.map_or(INSERT, |_| INSERT_SEQUENCED),
+        step_size.map_or(APPEND, |_| APPEND_SEQUENCED),
     )
     .bind(column(|e| &e.aggregate_type))
     .bind(column(|e| &e.aggregate_id))
@@ -227,17 +225,15 @@ async fn insert<'a>(
         Some(size) => query.bind(size),
         None => query,
     };
-    let step = query
-        .fetch_optional(pool)
+    let (assigned, last_position, listing) = query
+        .fetch_one(pool)
         .await
         .map_err(|e| persistence_error(Arc::new(e)))?;
-    Ok(step.map(|(assigned, last_position, listing)| {
-        let step = Step {
-            assigned,
-            last_position,
-        };
-        (step, listing)
-    }))
+    let step = Step {
+        assigned,
+        last_position,
+    };
+    Ok(step_size.map(|_| (step, listing)))
 }
 
 /// Appends and, after the commit, has the events sequenced.
