@@ -43,6 +43,7 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 
 use crate::batcher::{BatchLimits, Batcher};
+use crate::kept::KeptConnections;
 use crate::positions::AppendNotifier;
 use crate::sequencer::{record_step, Step};
 
@@ -161,18 +162,20 @@ impl BatchedEventStore {
     }
 }
 
-/// A pool of its own for a batcher, as many connections as it has batches
-/// in flight, configured as `shared`. The batchers' statements then stay
-/// prepared, planned and (PL/pgSQL) compiled on the same backend, instead
-/// of being planned again, five custom plans each, on every connection of
-/// the shared pool. `bench commands`, alternating: 9,910 and 10,264
-/// commands/s with these, 7,191 and 7,505 without.
-fn own_connections(shared: &PgPool, limits: BatchLimits) -> PgPool {
-    PgPoolOptions::new()
+/// Connections of its own for a batcher, as many as it has batches in
+/// flight, configured as `shared`, and kept between batches (see
+/// [`KeptConnections`]). The batchers' statements then stay prepared,
+/// planned and (PL/pgSQL) compiled on the same backend, instead of being
+/// planned again, five custom plans each, on every connection of the
+/// shared pool. `bench commands`, alternating: 9,910 and 10,264 commands/s
+/// with a pool of their own, 7,191 and 7,505 without.
+fn own_connections(shared: &PgPool, limits: BatchLimits) -> Arc<KeptConnections> {
+    let pool = PgPoolOptions::new()
         .max_connections(limits.parallel as u32)
         .acquire_timeout(shared.options().get_acquire_timeout())
         .test_before_acquire(false)
-        .connect_lazy_with((*shared.connect_options()).clone())
+        .connect_lazy_with((*shared.connect_options()).clone());
+    Arc::new(KeptConnections::new(pool))
 }
 
 fn gone() -> PersistenceError {
@@ -203,7 +206,7 @@ type SequencedAtCommit = (Step, Vec<String>);
 /// also runs a sequencing step of at most that many events, and its result
 /// is returned.
 async fn insert<'a>(
-    pool: &PgPool,
+    connections: &KeptConnections,
     events: impl Iterator<Item = &'a SerializedEvent> + Clone,
     step_size: Option<i32>,
 ) -> Result<Option<SequencedAtCommit>, PersistenceError> {
@@ -225,10 +228,13 @@ async fn insert<'a>(
         Some(size) => query.bind(size),
         None => query,
     };
-    let (assigned, last_position, listing) = query
-        .fetch_one(pool)
+    let mut conn = connections
+        .take()
         .await
         .map_err(|e| persistence_error(Arc::new(e)))?;
+    let outcome = query.fetch_one(&mut *conn).await;
+    connections.give_back(conn, &outcome);
+    let (assigned, last_position, listing) = outcome.map_err(|e| persistence_error(Arc::new(e)))?;
     let step = Step {
         assigned,
         last_position,
@@ -238,13 +244,13 @@ async fn insert<'a>(
 
 /// Appends and, after the commit, has the events sequenced.
 async fn append(
-    pool: &PgPool,
+    connections: &KeptConnections,
     notifier: &AppendNotifier,
     events: impl Iterator<Item = &SerializedEvent> + Clone,
 ) -> Result<(), PersistenceError> {
     // Read per batch: leadership can change between two.
     let step_size = notifier.sequencing_at_commit();
-    match (insert(pool, events, step_size).await?, step_size) {
+    match (insert(connections, events, step_size).await?, step_size) {
         (Some((step, listing)), Some(size)) => {
             record_step(step);
             notifier.sequenced_at_commit(step, size, &listing);
@@ -254,11 +260,19 @@ async fn append(
     Ok(())
 }
 
-async fn append_all(pool: PgPool, notifier: AppendNotifier, batch: Vec<Append>) {
+async fn append_all(
+    connections: Arc<KeptConnections>,
+    notifier: AppendNotifier,
+    batch: Vec<Append>,
+) {
     if batch.len() > 1 {
-        if append(&pool, &notifier, batch.iter().flat_map(|a| &a.events))
-            .await
-            .is_ok()
+        if append(
+            &connections,
+            &notifier,
+            batch.iter().flat_map(|a| &a.events),
+        )
+        .await
+        .is_ok()
         {
             for append in batch {
                 let _ = append.done.send(Ok(()));
@@ -271,12 +285,12 @@ async fn append_all(pool: PgPool, notifier: AppendNotifier, batch: Vec<Append>) 
         );
     }
     for one in batch {
-        let result = append(&pool, &notifier, one.events.iter()).await;
+        let result = append(&connections, &notifier, one.events.iter()).await;
         let _ = one.done.send(result);
     }
 }
 
-async fn load_all(pool: PgPool, batch: Vec<Load>) {
+async fn load_all(connections: Arc<KeptConnections>, batch: Vec<Load>) {
     // Askers per stream. Each stream is queried once: a key asked for
     // twice would return its rows twice, and every asker would replay each
     // event twice.
@@ -291,21 +305,13 @@ async fn load_all(pool: PgPool, batch: Vec<Load>) {
         })
         .map(|(t, i)| (t.as_str(), i.as_str()))
         .unzip();
-    let rows: Result<Vec<EventRow>, _> = match select_streams(types.len()) {
-        Some(sql) => {
-            let mut query = sqlx::query_as(sql);
-            for (t, i) in types.into_iter().zip(ids) {
-                query = query.bind(t).bind(i);
-            }
-            query.fetch_all(&pool).await
+    let rows = match connections.take().await {
+        Ok(mut conn) => {
+            let rows = select_rows(&mut conn, types, ids).await;
+            connections.give_back(conn, &rows);
+            rows
         }
-        None => {
-            sqlx::query_as(SELECT)
-                .bind(types)
-                .bind(ids)
-                .fetch_all(&pool)
-                .await
-        }
+        Err(e) => Err(e),
     };
     let mut streams: HashMap<StreamKey, Vec<SerializedEvent>> = HashMap::new();
     match rows {
@@ -335,6 +341,30 @@ async fn load_all(pool: PgPool, batch: Vec<Load>) {
             streams.get(&load.stream).cloned().unwrap_or_default()
         };
         let _ = load.done.send(Ok(events));
+    }
+}
+
+/// The events of the streams `types[k]`/`ids[k]`, each stream in order.
+async fn select_rows(
+    conn: &mut sqlx::PgConnection,
+    types: Vec<&str>,
+    ids: Vec<&str>,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    match select_streams(types.len()) {
+        Some(sql) => {
+            let mut query = sqlx::query_as(sql);
+            for (t, i) in types.into_iter().zip(ids) {
+                query = query.bind(t).bind(i);
+            }
+            query.fetch_all(conn).await
+        }
+        None => {
+            sqlx::query_as(SELECT)
+                .bind(types)
+                .bind(ids)
+                .fetch_all(conn)
+                .await
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //!   optimistic concurrency and stamps their metadata.
 //! - [`event_store`]: the event repository under the bus; concurrent
 //!   commands share their loads and their appends (group commit).
+//! - [`kept`]: connections a batcher keeps between its statements.
 //! - [`sequencer`]: gives every committed event its log position.
 //! - [`positions`]: wakes the sequencer after appends and lets a command
 //!   wait (bounded) for its events' positions.
@@ -30,6 +31,7 @@ pub mod directory;
 pub mod event_store;
 pub mod idempotency;
 pub mod jobs;
+mod kept;
 pub mod log;
 pub mod notifications;
 pub mod passwords;
