@@ -360,6 +360,80 @@ async fn concurrent_loads_of_one_aggregate_each_see_its_events_once() {
     }
 }
 
+/// The event store's appender keeps its connection between batches: a
+/// refused append (a lost race) leaves it in use, and a connection whose
+/// backend died fails one append and is replaced for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_appender_keeps_its_connection_through_a_refusal_and_replaces_a_dead_one() {
+    use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+    use tandem_commands::event_store::BatchedEventStore;
+    use tandem_commands::positions::AppendNotifier;
+
+    let pool = pool(&fresh_database().await, 4).await;
+    let store = BatchedEventStore::new(&pool, AppendNotifier::spawn(pool.clone()));
+    let id = ProjectId::generate().to_string();
+    let event = |sequence| SerializedEvent {
+        aggregate_id: id.clone(),
+        sequence,
+        aggregate_type: "Project".to_owned(),
+        event_type: "Probe".to_owned(),
+        event_version: "1".to_owned(),
+        payload: json!({}),
+        metadata: json!({}),
+    };
+    let appender = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE '%tandem_append(%'
+                AND query NOT LIKE '%pg_stat_activity%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    store.persist::<Project>(&[event(1)], None).await.unwrap();
+    let first = appender().await;
+    assert_eq!(first.len(), 1, "one appending backend: {first:?}");
+
+    let refused = store.persist::<Project>(&[event(1)], None).await;
+    assert!(matches!(
+        refused,
+        Err(PersistenceError::OptimisticLockError)
+    ));
+    store.persist::<Project>(&[event(2)], None).await.unwrap();
+    assert_eq!(
+        appender().await,
+        first,
+        "the same connection after a refusal"
+    );
+
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    while appender().await == first {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lost = store.persist::<Project>(&[event(3)], None).await;
+    assert!(
+        matches!(lost, Err(PersistenceError::ConnectionError(_))),
+        "the dead connection's append fails as unavailable: {lost:?}"
+    );
+    store.persist::<Project>(&[event(3)], None).await.unwrap();
+    let replaced = appender().await;
+    assert_eq!(replaced.len(), 1);
+    assert_ne!(replaced, first, "a new connection");
+    let sequences: Vec<usize> = store
+        .get_events::<Project>(&id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(sequences, [1, 2, 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_this_process_leads_its_appends_are_sequenced_by_their_own_commit() {
     use std::sync::atomic::Ordering;
