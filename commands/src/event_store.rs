@@ -37,8 +37,10 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use postgres_es::PostgresEventRepository;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
@@ -120,8 +122,39 @@ fn select_streams(n: usize) -> Option<&'static str> {
 type Answer<T> = oneshot::Sender<Result<T, PersistenceError>>;
 
 struct Append {
-    events: Vec<SerializedEvent>,
+    events: Vec<Encoded>,
     done: Answer<()>,
+}
+
+/// An event ready for the `INSERT`, its JSON written by the committing
+/// command's task: the appender, whose turnaround between two batches is
+/// on every command's path, only copies it.
+struct Encoded {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Box<RawValue>,
+    metadata: Box<RawValue>,
+}
+
+impl Encoded {
+    fn of(event: &SerializedEvent) -> Result<Self, PersistenceError> {
+        let json = |value: &Value| {
+            serde_json::value::to_raw_value(value)
+                .map_err(|e| PersistenceError::UnknownError(Box::new(e)))
+        };
+        Ok(Self {
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence as i64,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            payload: json(&event.payload)?,
+            metadata: json(&event.metadata)?,
+        })
+    }
 }
 
 /// `(aggregate_type, aggregate_id)`.
@@ -207,13 +240,15 @@ type SequencedAtCommit = (Step, Vec<String>);
 /// is returned.
 async fn insert<'a>(
     connections: &KeptConnections,
-    events: impl Iterator<Item = &'a SerializedEvent> + Clone,
+    events: impl Iterator<Item = &'a Encoded> + Clone,
     step_size: Option<i32>,
 ) -> Result<Option<SequencedAtCommit>, PersistenceError> {
-    let column = |f: fn(&'a SerializedEvent) -> &'a str| events.clone().map(f).collect::<Vec<_>>();
-    let sequences: Vec<i64> = events.clone().map(|e| e.sequence as i64).collect();
-    let payloads: Vec<&Value> = events.clone().map(|e| &e.payload).collect();
-    let metadata: Vec<&Value> = events.clone().map(|e| &e.metadata).collect();
+    let column = |f: fn(&'a Encoded) -> &'a str| events.clone().map(f).collect::<Vec<_>>();
+    let json =
+        |f: fn(&'a Encoded) -> &'a RawValue| events.clone().map(|e| Json(f(e))).collect::<Vec<_>>();
+    let sequences: Vec<i64> = events.clone().map(|e| e.sequence).collect();
+    let payloads = json(|e| &e.payload);
+    let metadata = json(|e| &e.metadata);
     let query = sqlx::query_as::<_, (i64, i64, Vec<String>)>(
         step_size.map_or(APPEND, |_| APPEND_SEQUENCED),
     )
@@ -246,7 +281,7 @@ async fn insert<'a>(
 async fn append(
     connections: &KeptConnections,
     notifier: &AppendNotifier,
-    events: impl Iterator<Item = &SerializedEvent> + Clone,
+    events: impl Iterator<Item = &Encoded> + Clone,
 ) -> Result<(), PersistenceError> {
     // Read per batch: leadership can change between two.
     let step_size = notifier.sequencing_at_commit();
@@ -456,7 +491,10 @@ impl PersistedEventRepository for BatchedEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let events = events.to_vec();
+        let events = events
+            .iter()
+            .map(Encoded::of)
+            .collect::<Result<Vec<_>, _>>()?;
         ask(&self.appends, |done| Append { events, done }).await
     }
 
