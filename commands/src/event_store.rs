@@ -63,18 +63,19 @@ const LOAD_LIMITS: BatchLimits = BatchLimits {
     max_weight: 128,
 };
 
-/// A plain group commit: `tandem_append` (migration
+/// A plain group commit: `tandem_append` (migrations
+/// `appends_bring_event_ids`, `append_plan_kept`,
 /// `at_commit_numbers_its_own_rows`), the `INSERT` that keeps the rows in
 /// the order given. It answers in [`APPEND_SEQUENCED`]'s shape, with no
 /// step taken.
 const APPEND: &str = "
 SELECT 0::bigint, 0::bigint, '{}'::text[]
-  FROM (SELECT count(*) FROM tandem_append($1, $2, $3, $4, $5, $6, $7)) appended";
+  FROM (SELECT count(*) FROM tandem_append($1, $2, $3, $4, $5, $6, $7, $8)) appended";
 
 /// The same `INSERT` and a sequencing step, in one transaction (the
 /// migration `sequence_at_commit` says why that is safe).
 const APPEND_SEQUENCED: &str = "
-SELECT assigned, last_position, listing FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)";
+SELECT assigned, last_position, listing FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// Larger batches: one index range per stream. The correlated subquery
 /// keeps it so: as a plain join, a cached generic plan (it guesses 100
@@ -130,6 +131,8 @@ struct Append {
 /// command's task: the appender, whose turnaround between two batches is
 /// on every command's path, only copies it.
 struct Encoded {
+    /// Minted here (UUIDv7, as the column's default would make it).
+    event_id: uuid::Uuid,
     aggregate_type: String,
     aggregate_id: String,
     sequence: i64,
@@ -146,6 +149,7 @@ impl Encoded {
                 .map_err(|e| PersistenceError::UnknownError(Box::new(e)))
         };
         Ok(Self {
+            event_id: uuid::Uuid::now_v7(),
             aggregate_type: event.aggregate_type.clone(),
             aggregate_id: event.aggregate_id.clone(),
             sequence: event.sequence as i64,
@@ -246,12 +250,14 @@ async fn insert<'a>(
     let column = |f: fn(&'a Encoded) -> &'a str| events.clone().map(f).collect::<Vec<_>>();
     let json =
         |f: fn(&'a Encoded) -> &'a RawValue| events.clone().map(|e| Json(f(e))).collect::<Vec<_>>();
+    let event_ids: Vec<uuid::Uuid> = events.clone().map(|e| e.event_id).collect();
     let sequences: Vec<i64> = events.clone().map(|e| e.sequence).collect();
     let payloads = json(|e| &e.payload);
     let metadata = json(|e| &e.metadata);
     let query = sqlx::query_as::<_, (i64, i64, Vec<String>)>(
         step_size.map_or(APPEND, |_| APPEND_SEQUENCED),
     )
+    .bind(event_ids)
     .bind(column(|e| &e.aggregate_type))
     .bind(column(|e| &e.aggregate_id))
     .bind(sequences)

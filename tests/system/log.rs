@@ -67,8 +67,9 @@ async fn append_sequenced(
         .map(|s| json!({"type": "Probed", "n": s}))
         .collect();
     sqlx::query_as(
-        "SELECT assigned, last_position FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT assigned, last_position FROM tandem_append_sequenced($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
+    .bind((0..n).map(|_| Uuid::now_v7()).collect::<Vec<_>>())
     .bind(vec!["Probe"; n])
     .bind(vec![aggregate; n])
     .bind(sequences)
