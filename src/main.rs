@@ -131,19 +131,36 @@ fn main() -> anyhow::Result<()> {
     if std::env::args_os().nth(1).as_deref() == Some(tandem_executor::LAUNCHER_ARG.as_ref()) {
         tandem_executor::sandbox::launcher_main();
     }
-    // A worker per core, tokio's default (`TOKIO_WORKER_THREADS` overrides
-    // it). A floor of four workers once helped `bench pipeline`'s p99 on 2
-    // cores; with the event store's connections kept and the bench's lean
-    // client it no longer does, and two workers wake each other less.
-    // Measured on 2 cores, alternating: `bench pipeline` commit → ack p99
-    // 4.90 and 5.44 ms with 2 workers against 5.62 and 6.05 ms with 4;
-    // `bench commands` 14,970 and 14,496 req/s against 14,024 and 14,368;
-    // `bench login-storm` 1.18× and 1.24× against 1.11× and 1.26×.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Tokio reads the variable itself; only its default is ours.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(default_worker_threads());
+    }
+    runtime.enable_all().build()?.block_on(run())
 }
+
+/// The cores, and at least [`MIN_WORKER_THREADS`].
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .max(MIN_WORKER_THREADS)
+}
+
+/// On a small machine shared with Postgres and NATS, a worker per core is
+/// two threads among a score of busy backends: when one is preempted, half
+/// of the process waits. Measured with `tandem bench pipeline` on 2 cores,
+/// six alternating pairs of runs: commit → JetStream ack p99 16.2–20.9 ms
+/// with 4 workers against 17.7–27.9 ms with 2 in four pairs, equal in two;
+/// `bench commands` unchanged (5,146 vs 5,226 req/s).
+///
+/// Measured again later (2026-12-07, lean bench client, kept connections):
+/// 2 workers were a little better in absolute terms (`bench pipeline`
+/// commit → ack p99 4.90 and 5.44 ms against 5.62 and 6.05; `bench
+/// commands` about 3 % more; `bench queries` 86k against 77–80k cached
+/// `GET /projects` a second), but hello-world gained more, and cached
+/// `GET /projects` fell to 66 % of it against 71–72 % with 4, below the
+/// read side's 70 % goal. The floor stays until that path is cheaper.
+const MIN_WORKER_THREADS: usize = 4;
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
