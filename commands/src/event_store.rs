@@ -346,14 +346,13 @@ async fn load_all(connections: Arc<KeptConnections>, batch: Vec<Load>) {
         })
         .map(|(t, i)| (t.as_str(), i.as_str()))
         .unzip();
-    let rows = match connections.take().await {
-        Ok(mut conn) => {
-            let rows = select_rows(&mut conn, types, ids).await;
-            connections.give_back(conn, &rows);
-            rows
-        }
-        Err(e) => Err(e),
-    };
+    let rows = async {
+        let mut conn = connections.take().await?;
+        let rows = select_rows(&mut conn, types, ids).await;
+        connections.give_back(conn, &rows);
+        rows
+    }
+    .await;
     let mut streams: HashMap<StreamKey, Vec<SerializedEvent>> = HashMap::new();
     match rows {
         Ok(rows) => {
